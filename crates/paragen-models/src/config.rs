@@ -1,0 +1,105 @@
+//! Model configuration: everything needed to rebuild a model's shapes.
+
+use paragen_data::SpecialTokens;
+use serde::{Deserialize, Serialize};
+
+/// How positions are encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PositionKind {
+    /// Fixed sine/cosine encodings (Vaswani et al.); no parameters, any length.
+    Sinusoidal,
+    /// A learned embedding per position, up to `max_positions`.
+    Learned,
+}
+
+/// Shapes and hyper-parameters of an encoder-decoder Transformer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TransformerConfig {
+    /// Joint source/target vocabulary size (the tokenizer's).
+    pub vocab_size: usize,
+    /// Model width.
+    pub d_model: usize,
+    /// Attention heads; must divide `d_model`.
+    pub n_heads: usize,
+    /// Hidden width of the feed-forward blocks.
+    pub d_ff: usize,
+    pub encoder_layers: usize,
+    pub decoder_layers: usize,
+    /// Dropout on embeddings, attention weights, residual branches and FFN activations.
+    pub dropout: f64,
+    /// Longest sequence (in tokens, BOS/EOS included) the model accepts.
+    pub max_positions: usize,
+    pub positions: PositionKind,
+    /// Ids of pad, BOS, EOS, UNK and mask in the tokenizer.
+    pub special: SpecialTokens,
+}
+
+impl TransformerConfig {
+    /// A small model that trains in minutes on two CPU cores.
+    pub fn quick(vocab_size: usize, special: SpecialTokens) -> Self {
+        Self {
+            vocab_size,
+            d_model: 256,
+            n_heads: 4,
+            d_ff: 1024,
+            encoder_layers: 3,
+            decoder_layers: 3,
+            dropout: 0.1,
+            max_positions: 256,
+            positions: PositionKind::Sinusoidal,
+            special,
+        }
+    }
+
+    /// Transformer-base shapes (Vaswani et al. 2017), for real training.
+    pub fn base(vocab_size: usize, special: SpecialTokens) -> Self {
+        Self {
+            d_model: 512,
+            n_heads: 8,
+            d_ff: 2048,
+            encoder_layers: 6,
+            decoder_layers: 6,
+            ..Self::quick(vocab_size, special)
+        }
+    }
+
+    /// A tiny model for tests.
+    pub fn tiny(vocab_size: usize, special: SpecialTokens) -> Self {
+        Self {
+            d_model: 32,
+            n_heads: 4,
+            d_ff: 64,
+            encoder_layers: 2,
+            decoder_layers: 2,
+            dropout: 0.0,
+            max_positions: 64,
+            ..Self::quick(vocab_size, special)
+        }
+    }
+
+    /// Checks the invariants the model relies on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.n_heads == 0 || self.d_model % self.n_heads != 0 {
+            return Err(format!(
+                "d_model ({}) must be a multiple of n_heads ({})",
+                self.d_model, self.n_heads
+            ));
+        }
+        if self.d_model % 2 != 0 {
+            return Err(format!("d_model ({}) must be even", self.d_model));
+        }
+        let s = self.special;
+        let max_id = s.pad.max(s.bos).max(s.eos).max(s.unk).max(s.mask) as usize;
+        if max_id >= self.vocab_size {
+            return Err(format!(
+                "special token id {max_id} is outside the vocabulary of {}",
+                self.vocab_size
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("dropout {} must be in [0, 1)", self.dropout));
+        }
+        Ok(())
+    }
+}

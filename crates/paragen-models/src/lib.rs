@@ -1,0 +1,24 @@
+//! The Transformer models of paragen and the ways to decode them.
+//!
+//! - [`config`]: serde model configs with presets (`quick`, `base`), saved beside every
+//!   checkpoint so a model can always be rebuilt;
+//! - [`layers`]: multi-head attention with a real KV cache, feed-forward blocks,
+//!   positional encodings, pre-norm encoder and decoder layers;
+//! - [`teacher`]: the autoregressive encoder-decoder (Vaswani et al. 2017, pre-norm,
+//!   shared embeddings), with full-sequence and cached step-by-step decoding;
+//! - [`decoding`]: batched greedy and beam search on the KV cache;
+//! - [`loss`]: label-smoothed cross-entropy that ignores padding.
+//!
+//! **Depends on:** paragen-backend (test backends), paragen-data (special-token ids),
+//! burn. **Invariant:** never reads or writes files and never prints; models are generic
+//! over `B: Backend`.
+
+pub mod config;
+pub mod decoding;
+pub mod layers;
+pub mod loss;
+pub mod teacher;
+
+pub use config::{PositionKind, TransformerConfig};
+pub use decoding::{BeamOptions, LengthLimit, beam_search, greedy};
+pub use teacher::{EncoderOutput, ModelError, Transformer};

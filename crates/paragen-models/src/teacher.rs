@@ -1,0 +1,363 @@
+//! The autoregressive encoder-decoder Transformer ("Attention Is All You Need",
+//! Vaswani et al. 2017) in its pre-norm form, with embeddings shared between encoder,
+//! decoder and output projection (Press & Wolf 2017). It is paragen's teacher, and with a
+//! deep encoder and a one-layer decoder also the strongest cheap AR baseline.
+
+use burn::module::Param;
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
+};
+use burn::prelude::*;
+
+use crate::config::{PositionKind, TransformerConfig};
+use crate::layers::{
+    DecoderLayer, DecoderLayerCache, EncoderLayer, causal_mask, padding_mask, sinusoidal_positions,
+};
+
+/// Errors a model reports about its inputs.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ModelError {
+    #[error("sentence {index} has {len} tokens, more than the model's limit of {max}")]
+    TooLong {
+        index: usize,
+        len: usize,
+        max: usize,
+    },
+    #[error("sentence {index} is empty")]
+    Empty { index: usize },
+    #[error("invalid model config: {0}")]
+    Config(String),
+}
+
+/// The encoder's output for a batch, reused by every decoding step.
+#[derive(Clone, Debug)]
+pub struct EncoderOutput<B: Backend> {
+    /// `[batch, src_time, d_model]`
+    pub memory: Tensor<B, 3>,
+    /// `[batch, 1, src_time]`, true at source padding.
+    pub src_mask: Tensor<B, 3, Bool>,
+}
+
+/// Incremental decoding state: one KV cache per decoder layer.
+#[derive(Clone, Debug)]
+pub struct DecoderState<B: Backend> {
+    layers: Vec<DecoderLayerCache<B>>,
+    src_mask: Tensor<B, 3, Bool>,
+}
+
+impl<B: Backend> DecoderState<B> {
+    /// Keeps (and reorders) the batch rows named by `indices`.
+    pub fn select(&self, indices: Tensor<B, 1, Int>) -> Self {
+        Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|c| c.select(indices.clone()))
+                .collect(),
+            src_mask: self.src_mask.clone().select(0, indices),
+        }
+    }
+
+    /// Number of tokens decoded so far.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, |c| c.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Encoder-decoder Transformer with shared embeddings.
+#[derive(Module, Debug)]
+pub struct Transformer<B: Backend> {
+    embedding: Embedding<B>,
+    learned_positions: Option<Embedding<B>>,
+    encoder: Vec<EncoderLayer<B>>,
+    encoder_norm: LayerNorm<B>,
+    decoder: Vec<DecoderLayer<B>>,
+    decoder_norm: LayerNorm<B>,
+    dropout: Dropout,
+    #[module(skip)]
+    config: TransformerConfig,
+}
+
+impl<B: Backend> Transformer<B> {
+    /// A freshly initialised model.
+    pub fn new(config: &TransformerConfig, device: &B::Device) -> Result<Self, ModelError> {
+        config.validate().map_err(ModelError::Config)?;
+        let d = config.d_model;
+        // Embeddings start at variance 1/d and are scaled by sqrt(d) (fairseq's recipe),
+        // so token and position signals have the same magnitude.
+        let embedding = EmbeddingConfig::new(config.vocab_size, d)
+            .with_initializer(Initializer::Normal {
+                mean: 0.0,
+                std: (d as f64).powf(-0.5),
+            })
+            .init(device);
+        let learned_positions = (config.positions == PositionKind::Learned).then(|| {
+            EmbeddingConfig::new(config.max_positions, d)
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: 1.0,
+                })
+                .init(device)
+        });
+        let layer_args = (config.n_heads, config.d_ff, config.dropout);
+        Ok(Self {
+            embedding,
+            learned_positions,
+            encoder: (0..config.encoder_layers)
+                .map(|_| EncoderLayer::new(d, layer_args.0, layer_args.1, layer_args.2, device))
+                .collect(),
+            encoder_norm: LayerNormConfig::new(d).init(device),
+            decoder: (0..config.decoder_layers)
+                .map(|_| DecoderLayer::new(d, layer_args.0, layer_args.1, layer_args.2, device))
+                .collect(),
+            decoder_norm: LayerNormConfig::new(d).init(device),
+            dropout: DropoutConfig::new(config.dropout).init(),
+            config: config.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &TransformerConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> B::Device {
+        self.embedding.weight.device()
+    }
+
+    /// Rejects sentences the model cannot take (empty, or longer than its positions).
+    pub fn check_source_lengths(&self, lengths: &[usize]) -> Result<(), ModelError> {
+        for (index, &len) in lengths.iter().enumerate() {
+            if len == 0 {
+                return Err(ModelError::Empty { index });
+            }
+            if len > self.config.max_positions {
+                return Err(ModelError::TooLong {
+                    index,
+                    len,
+                    max: self.config.max_positions,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Token embeddings scaled by sqrt(d) plus positions `start..start + time`.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[batch, time]`; returns `[batch, time, d_model]`.
+    fn embed(&self, tokens: Tensor<B, 2, Int>, start: usize) -> Tensor<B, 3> {
+        let [batch, time] = tokens.dims();
+        let d = self.config.d_model;
+        let device = tokens.device();
+        let x = self.embedding.forward(tokens) * (d as f64).sqrt();
+        let positions = match &self.learned_positions {
+            Some(table) => {
+                let ids = Tensor::<B, 1, Int>::arange(start as i64..(start + time) as i64, &device);
+                table.forward(ids.unsqueeze_dim(0)).squeeze_dim(0)
+            }
+            None => sinusoidal_positions(start, time, d, &device),
+        };
+        let x = x + positions.unsqueeze_dim::<3>(0).expand([batch, time, d]);
+        self.dropout.forward(x)
+    }
+
+    /// Encodes a padded source batch.
+    ///
+    /// # Shapes
+    /// - `src`: `[batch, src_time]`, padded with the pad id.
+    pub fn encode(&self, src: Tensor<B, 2, Int>) -> EncoderOutput<B> {
+        let src_mask = padding_mask(&src, self.config.special.pad);
+        let mut x = self.embed(src, 0);
+        for layer in &self.encoder {
+            x = layer.forward(x, src_mask.clone());
+        }
+        EncoderOutput {
+            memory: self.encoder_norm.forward(x),
+            src_mask,
+        }
+    }
+
+    /// Output logits of decoder states through the shared embedding.
+    ///
+    /// # Shapes
+    /// - `h`: `[batch, time, d_model]`; returns `[batch, time, vocab]`.
+    fn project(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [batch, time, d] = h.dims();
+        let weight = self.embedding.weight.val();
+        h.reshape([batch * time, d])
+            .matmul(weight.transpose())
+            .reshape([batch, time, self.config.vocab_size])
+    }
+
+    /// Teacher-forced decoding of whole target prefixes.
+    ///
+    /// # Shapes
+    /// - `tgt_in`: `[batch, tgt_time]` (BOS then target); returns `[batch, tgt_time, vocab]`.
+    pub fn decode(&self, encoded: &EncoderOutput<B>, tgt_in: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let time = tgt_in.dims()[1];
+        let self_mask = causal_mask(time, &tgt_in.device());
+        let mut x = self.embed(tgt_in, 0);
+        for layer in &self.decoder {
+            x = layer.forward(
+                x,
+                encoded.memory.clone(),
+                self_mask.clone(),
+                encoded.src_mask.clone(),
+            );
+        }
+        self.project(self.decoder_norm.forward(x))
+    }
+
+    /// Full forward pass for training: logits for every target position.
+    pub fn forward(&self, src: Tensor<B, 2, Int>, tgt_in: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let encoded = self.encode(src);
+        self.decode(&encoded, tgt_in)
+    }
+
+    /// Starts incremental decoding: computes every layer's cross-attention keys/values.
+    pub fn start_decoding(&self, encoded: &EncoderOutput<B>) -> DecoderState<B> {
+        DecoderState {
+            layers: self
+                .decoder
+                .iter()
+                .map(|l| l.init_cache(encoded.memory.clone()))
+                .collect(),
+            src_mask: encoded.src_mask.clone(),
+        }
+    }
+
+    /// Decodes one token per sentence using (and extending) the KV cache.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[batch]`, the previous token; returns next-token logits `[batch, vocab]`.
+    pub fn decode_step(
+        &self,
+        state: &mut DecoderState<B>,
+        tokens: Tensor<B, 1, Int>,
+    ) -> Tensor<B, 2> {
+        let position = state.len();
+        let mut x = self.embed(tokens.unsqueeze_dim(1), position);
+        for (layer, cache) in self.decoder.iter().zip(state.layers.iter_mut()) {
+            x = layer.step(x, cache, state.src_mask.clone());
+        }
+        self.project(self.decoder_norm.forward(x)).squeeze_dim(1)
+    }
+
+    /// Number of trainable scalars.
+    pub fn param_count(&self) -> usize {
+        self.num_params()
+    }
+
+    /// The shared embedding matrix, `[vocab, d_model]`.
+    pub fn embedding_weight(&self) -> &Param<Tensor<B, 2>> {
+        &self.embedding.weight
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paragen_backend::TestBackend;
+    use paragen_data::SpecialTokens;
+
+    type B = TestBackend;
+
+    pub(crate) fn special() -> SpecialTokens {
+        SpecialTokens {
+            pad: 0,
+            bos: 1,
+            eos: 2,
+            unk: 3,
+            mask: 4,
+        }
+    }
+
+    fn ints(rows: &[&[i64]]) -> Tensor<B, 2, Int> {
+        let width = rows[0].len();
+        let flat: Vec<i64> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        Tensor::from_data(
+            burn::tensor::TensorData::new(flat, [rows.len(), width]),
+            &Default::default(),
+        )
+    }
+
+    #[test]
+    fn forward_shapes() {
+        let model =
+            Transformer::<B>::new(&TransformerConfig::tiny(20, special()), &Default::default())
+                .unwrap();
+        let logits = model.forward(ints(&[&[5, 6, 7], &[8, 0, 0]]), ints(&[&[1, 9], &[1, 10]]));
+        assert_eq!(logits.dims(), [2, 2, 20]);
+    }
+
+    #[test]
+    fn padding_of_the_source_does_not_change_the_output() {
+        let model =
+            Transformer::<B>::new(&TransformerConfig::tiny(20, special()), &Default::default())
+                .unwrap();
+        let short = model.forward(ints(&[&[5, 6]]), ints(&[&[1, 9, 10]]));
+        let padded = model.forward(ints(&[&[5, 6, 0, 0]]), ints(&[&[1, 9, 10]]));
+        short
+            .into_data()
+            .assert_approx_eq::<f32>(&padded.into_data(), burn::tensor::Tolerance::default());
+    }
+
+    #[test]
+    fn cached_steps_equal_the_full_decoder() {
+        for positions in [PositionKind::Sinusoidal, PositionKind::Learned] {
+            let config = TransformerConfig {
+                positions,
+                ..TransformerConfig::tiny(20, special())
+            };
+            let model = Transformer::<B>::new(&config, &Default::default()).unwrap();
+            let src = ints(&[&[5, 6, 7], &[8, 9, 0]]);
+            let tgt = ints(&[&[1, 11, 12, 13], &[1, 14, 15, 16]]);
+            let encoded = model.encode(src);
+            let full = model.decode(&encoded, tgt.clone());
+            let mut state = model.start_decoding(&encoded);
+            for t in 0..4 {
+                let step = model.decode_step(
+                    &mut state,
+                    tgt.clone().slice([0..2, t..t + 1]).squeeze_dim(1),
+                );
+                let expected = full.clone().slice([0..2, t..t + 1]).squeeze_dim::<2>(1);
+                step.into_data().assert_approx_eq::<f32>(
+                    &expected.into_data(),
+                    burn::tensor::Tolerance::default(),
+                );
+            }
+            assert_eq!(state.len(), 4);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_configs_and_lengths() {
+        let bad = TransformerConfig {
+            n_heads: 3,
+            ..TransformerConfig::tiny(20, special())
+        };
+        assert!(matches!(
+            Transformer::<B>::new(&bad, &Default::default()),
+            Err(ModelError::Config(_))
+        ));
+        let model =
+            Transformer::<B>::new(&TransformerConfig::tiny(20, special()), &Default::default())
+                .unwrap();
+        assert_eq!(
+            model.check_source_lengths(&[3, 0]),
+            Err(ModelError::Empty { index: 1 })
+        );
+        assert_eq!(
+            model.check_source_lengths(&[65]),
+            Err(ModelError::TooLong {
+                index: 0,
+                len: 65,
+                max: 64
+            })
+        );
+    }
+}
