@@ -6,6 +6,29 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::{relu, softmax};
 
+/// Initializes every parameter of `module` now.
+///
+/// burn 0.21 initializes parameters lazily, and cloning a module whose parameters were
+/// never read gives the clone its *own* random initialization: a copy saved before the
+/// first forward pass would then differ from the model in use. Every paragen model is
+/// materialized at construction so that clones, saves and the model agree.
+pub fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
+    struct Touch;
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+        fn visit_int<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D, Int>>) {
+            let _ = param.val();
+        }
+        fn visit_bool<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D, Bool>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+    module
+}
+
 /// Value added to the attention scores of masked positions (large but finite, so a fully
 /// masked row still gives a defined softmax).
 const MASKED_SCORE: f32 = -1.0e9;

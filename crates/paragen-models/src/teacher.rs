@@ -11,7 +11,8 @@ use burn::prelude::*;
 
 use crate::config::{PositionKind, TransformerConfig};
 use crate::layers::{
-    DecoderLayer, DecoderLayerCache, EncoderLayer, causal_mask, padding_mask, sinusoidal_positions,
+    DecoderLayer, DecoderLayerCache, EncoderLayer, causal_mask, materialize, padding_mask,
+    sinusoidal_positions,
 };
 
 /// Errors a model reports about its inputs.
@@ -104,7 +105,7 @@ impl<B: Backend> Transformer<B> {
                 .init(device)
         });
         let layer_args = (config.n_heads, config.d_ff, config.dropout);
-        Ok(Self {
+        Ok(materialize(Self {
             embedding,
             learned_positions,
             encoder: (0..config.encoder_layers)
@@ -117,7 +118,7 @@ impl<B: Backend> Transformer<B> {
             decoder_norm: LayerNormConfig::new(d).init(device),
             dropout: DropoutConfig::new(config.dropout).init(),
             config: config.clone(),
-        })
+        }))
     }
 
     pub fn config(&self) -> &TransformerConfig {
@@ -332,6 +333,20 @@ mod tests {
             }
             assert_eq!(state.len(), 4);
         }
+    }
+
+    #[test]
+    fn a_clone_has_the_same_weights_as_the_original() {
+        let model =
+            Transformer::<B>::new(&TransformerConfig::tiny(20, special()), &Default::default())
+                .unwrap();
+        let copy = model.clone();
+        let src = ints(&[&[5, 6, 7]]);
+        let tgt = ints(&[&[1, 9]]);
+        assert_eq!(
+            copy.forward(src.clone(), tgt.clone()).into_data(),
+            model.forward(src, tgt).into_data()
+        );
     }
 
     #[test]

@@ -1,1 +1,27 @@
-//! placeholder
+//! Training and evaluation machinery shared by every paragen model.
+//!
+//! - [`metrics`]: corpus BLEU and chrF, exactly as sacrebleu computes them;
+//! - [`schedule`]: warmup + inverse-square-root learning rate;
+//! - [`clip`]: clipping of the global gradient norm;
+//! - [`checkpoint`]: the run directory (config, tokenizer, weights, optimizer state,
+//!   metrics log), written atomically and reloaded with clear errors;
+//! - [`trainer`]: the training loop (AdamW, token-budget batches, validation loss and
+//!   BLEU each epoch, keep-best, resume, progress);
+//! - [`translate`]: batched translation of text with any trained model.
+//!
+//! **Depends on:** paragen-backend, paragen-data, paragen-models, burn.
+//! **Invariant:** never parses command lines; talks to people only through `tracing`
+//! and progress bars on a terminal.
+
+pub mod checkpoint;
+pub mod clip;
+pub mod metrics;
+pub mod progress;
+pub mod schedule;
+pub mod trainer;
+pub mod translate;
+
+pub use checkpoint::{CheckpointError, RunConfig, RunDir};
+pub use metrics::{Bleu, corpus_bleu, corpus_chrf};
+pub use trainer::{TrainConfig, TrainError, TrainSummary, train};
+pub use translate::{Decoding, translate_texts};

@@ -1,0 +1,354 @@
+//! The training loop shared by paragen's sequence models.
+//!
+//! One epoch = one pass over token-budget batches in a seeded order; each step computes
+//! the loss, back-propagates, clips the global gradient norm, and takes an AdamW step at
+//! the warmup + inverse-sqrt learning rate. After every epoch (and when a time budget
+//! stops the run early) the model is validated (loss on the whole valid split, greedy
+//! BLEU/chrF on its first sentences), the latest weights and optimizer state are saved
+//! for `--resume`, and the best model by BLEU is kept as `model.mpk`.
+
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use paragen_data::batch::Example;
+use paragen_data::{Seq2SeqBatch, SpecialTokens, TokenBudgetBatcher, Tokenizer};
+use paragen_models::{LengthLimit, ModelError, Transformer};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{CheckpointError, RunDir, TrainerState};
+use crate::clip::clip_global_norm;
+use crate::metrics::{corpus_bleu, corpus_chrf};
+use crate::progress::Progress;
+use crate::schedule::InverseSqrtSchedule;
+use crate::translate::{Decoding, translate_ids};
+
+/// Options of a training run (saved in `run.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Epochs to train in total (a resumed run continues up to this number).
+    pub max_epochs: usize,
+    /// Stop after this much training time in one invocation (validation and saving
+    /// still happen). `None`: no limit.
+    pub max_minutes: Option<f64>,
+    /// Padded tokens per batch.
+    pub max_tokens: usize,
+    pub peak_lr: f64,
+    pub warmup_steps: usize,
+    /// AdamW's decoupled weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clipping threshold (`0`: off).
+    pub clip_norm: f64,
+    pub label_smoothing: f64,
+    /// Training pairs with a side longer than this (in tokens) are dropped and counted.
+    pub max_train_len: usize,
+    /// Validation sentences decoded for BLEU/chrF after each epoch.
+    pub valid_bleu_sentences: usize,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// Finishes in about 10 minutes of training on two CPU cores.
+    pub fn quick() -> Self {
+        Self {
+            max_epochs: 100,
+            max_minutes: Some(10.0),
+            max_tokens: 4096,
+            peak_lr: 1e-3,
+            warmup_steps: 300,
+            weight_decay: 0.01,
+            clip_norm: 1.0,
+            label_smoothing: 0.1,
+            max_train_len: 64,
+            valid_bleu_sentences: 200,
+            seed: 1,
+        }
+    }
+
+    /// Transformer-base training (for a GPU, or a long CPU run).
+    pub fn base() -> Self {
+        Self {
+            max_epochs: 40,
+            max_minutes: None,
+            max_tokens: 8192,
+            peak_lr: 7e-4,
+            warmup_steps: 4000,
+            max_train_len: 200,
+            valid_bleu_sentences: 622,
+            ..Self::quick()
+        }
+    }
+
+    /// Seconds-long runs for tests.
+    pub fn tiny() -> Self {
+        Self {
+            max_epochs: 2,
+            max_minutes: None,
+            max_tokens: 256,
+            warmup_steps: 10,
+            valid_bleu_sentences: 8,
+            ..Self::quick()
+        }
+    }
+}
+
+/// Errors of a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("no training pair fits `max_train_len` = {0}")]
+    NoTrainingData(usize),
+    #[error("the loss became {0} at step {1}; lower the learning rate or check the data")]
+    Diverged(f64, usize),
+    #[error(transparent)]
+    Translate(#[from] crate::translate::TranslateError),
+}
+
+/// Data of a run: encoded training pairs and the validation split with its references.
+pub struct TrainData {
+    pub train: Vec<Example>,
+    pub valid: Vec<Example>,
+    pub valid_references: Vec<String>,
+}
+
+/// Scores of one validation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Validation {
+    pub loss: f64,
+    pub bleu: f64,
+    pub chrf: f64,
+    pub sentences: usize,
+}
+
+/// What a call to [`train`] did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub epochs: usize,
+    pub steps: usize,
+    pub best_bleu: Option<f64>,
+    pub best_epoch: Option<usize>,
+    pub last: Option<Validation>,
+    pub train_seconds: f64,
+    pub stopped_by_time: bool,
+}
+
+/// Mean loss over `examples` in batches, without dropout or gradients.
+fn mean_loss<B: Backend>(
+    model: &Transformer<B>,
+    examples: &[Example],
+    special: SpecialTokens,
+    max_tokens: usize,
+) -> f64 {
+    let batches = TokenBudgetBatcher {
+        max_tokens,
+        seed: 0,
+    }
+    .batches(examples, 0);
+    let (mut total, mut tokens) = (0.0, 0usize);
+    for batch in batches {
+        let refs: Vec<&Example> = batch.iter().map(|&i| &examples[i]).collect();
+        let b = Seq2SeqBatch::<B>::new(&refs, special, &model.device());
+        let loss = paragen_models::loss::label_smoothed_cross_entropy(
+            model.forward(b.src, b.tgt_in),
+            b.tgt_out,
+            special.pad,
+            0.0,
+        );
+        total += loss.into_scalar().elem::<f64>() * b.tgt_tokens as f64;
+        tokens += b.tgt_tokens;
+    }
+    total / tokens.max(1) as f64
+}
+
+/// Validation loss on all of `data.valid`, BLEU/chrF of greedy output on its first
+/// `sentences` pairs.
+pub fn validate<B: Backend>(
+    model: &Transformer<B>,
+    tokenizer: &Tokenizer,
+    data: &TrainData,
+    sentences: usize,
+    max_tokens: usize,
+) -> Result<Validation, TrainError> {
+    let special = tokenizer.special();
+    let loss = mean_loss(model, &data.valid, special, max_tokens);
+    let n = sentences.min(data.valid.len());
+    let sources: Vec<Vec<u32>> = data.valid[..n].iter().map(|e| e.src.clone()).collect();
+    let outputs = translate_ids(
+        model,
+        &sources,
+        Decoding::Greedy(LengthLimit::default()),
+        64,
+        false,
+    )?;
+    let hypotheses = outputs
+        .iter()
+        .map(|ids| tokenizer.decode(ids))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(crate::translate::TranslateError::from)?;
+    let references = &data.valid_references[..n];
+    Ok(Validation {
+        loss,
+        bleu: corpus_bleu(&hypotheses, references).score,
+        chrf: corpus_chrf(&hypotheses, references),
+        sentences: n,
+    })
+}
+
+/// Trains `model` (fresh, or the run's last state when `resume`) as `config` says,
+/// writing checkpoints and metrics into `run`.
+pub fn train<B: AutodiffBackend>(
+    run: &RunDir,
+    config: &TrainConfig,
+    tokenizer: &Tokenizer,
+    data: &TrainData,
+    mut model: Transformer<B>,
+    resume: bool,
+    device: &B::Device,
+) -> Result<TrainSummary, TrainError> {
+    let special = tokenizer.special();
+    let train: Vec<Example> = data
+        .train
+        .iter()
+        .filter(|e| e.src.len().max(e.tgt.len()) < config.max_train_len)
+        .cloned()
+        .collect();
+    if train.is_empty() {
+        return Err(TrainError::NoTrainingData(config.max_train_len));
+    }
+    let dropped = data.train.len() - train.len();
+    if dropped > 0 {
+        tracing::info!(
+            "dropped {dropped} of {} training pairs longer than {} tokens",
+            data.train.len(),
+            config.max_train_len
+        );
+    }
+
+    let mut optimizer = AdamWConfig::new()
+        .with_beta_2(0.98)
+        .with_epsilon(1e-8)
+        .with_weight_decay(config.weight_decay as f32)
+        .init::<B, Transformer<B>>();
+    let mut state = TrainerState::default();
+    if resume {
+        state = run.load_state()?;
+        model = run.load_module("last.mpk", model, device)?;
+        optimizer = optimizer.load_record(run.load_record::<B, _>("optimizer.mpk", device)?);
+        tracing::info!("resuming after epoch {} (step {})", state.epoch, state.step);
+    }
+    let schedule = InverseSqrtSchedule {
+        peak: config.peak_lr,
+        warmup_steps: config.warmup_steps,
+    };
+    let batcher = TokenBudgetBatcher {
+        max_tokens: config.max_tokens,
+        seed: config.seed,
+    };
+    let started = Instant::now();
+    let seconds_before = state.train_seconds;
+    let budget = config.max_minutes.map(|m| m * 60.0);
+    let mut stopped_by_time = false;
+    let mut last = None;
+
+    while state.epoch < config.max_epochs && !stopped_by_time {
+        let epoch = state.epoch + 1;
+        let batches = batcher.batches(&train, epoch as u64);
+        let mut progress =
+            Progress::new(&format!("epoch {epoch}"), batches.len() as u64, "batches");
+        let (mut loss_sum, mut loss_tokens) = (0.0, 0usize);
+        for batch in &batches {
+            let refs: Vec<&Example> = batch.iter().map(|&i| &train[i]).collect();
+            let b = Seq2SeqBatch::<B>::new(&refs, special, device);
+            let logits = model.forward(b.src, b.tgt_in);
+            let loss = paragen_models::loss::label_smoothed_cross_entropy(
+                logits,
+                b.tgt_out,
+                special.pad,
+                config.label_smoothing,
+            );
+            let loss_value = loss.clone().into_scalar().elem::<f64>();
+            if !loss_value.is_finite() {
+                return Err(TrainError::Diverged(loss_value, state.step));
+            }
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            if config.clip_norm > 0.0 {
+                clip_global_norm(&model, &mut grads, config.clip_norm);
+            }
+            state.step += 1;
+            let lr = schedule.lr(state.step);
+            model = optimizer.step(lr, model, grads);
+            loss_sum += loss_value * b.tgt_tokens as f64;
+            loss_tokens += b.tgt_tokens;
+            let elapsed = started.elapsed().as_secs_f64();
+            progress.advance(1, || {
+                format!(
+                    "loss {:.3} lr {lr:.2e} {:.0} tok/s",
+                    loss_sum / loss_tokens as f64,
+                    loss_tokens as f64 / elapsed.max(1e-9)
+                )
+            });
+            if budget.is_some_and(|b| elapsed >= b) {
+                stopped_by_time = true;
+                break;
+            }
+        }
+        progress.finish();
+        state.train_seconds = seconds_before + started.elapsed().as_secs_f64();
+        state.epoch = epoch;
+
+        let valid = validate(
+            &model.valid(),
+            tokenizer,
+            data,
+            config.valid_bleu_sentences,
+            config.max_tokens,
+        )?;
+        let improved = state.best_bleu.is_none_or(|b| valid.bleu > b);
+        if improved {
+            state.best_bleu = Some(valid.bleu);
+            state.best_epoch = Some(epoch);
+            run.save_module::<B, _>("model.mpk", &model)?;
+        }
+        run.save_module::<B, _>("last.mpk", &model)?;
+        run.save_record::<B, _>("optimizer.mpk", optimizer.to_record())?;
+        run.save_state(&state)?;
+        let train_loss = loss_sum / loss_tokens.max(1) as f64;
+        run.append_metrics(&serde_json::json!({
+            "epoch": epoch,
+            "step": state.step,
+            "lr": schedule.lr(state.step),
+            "train_loss": train_loss,
+            "valid_loss": valid.loss,
+            "valid_bleu": valid.bleu,
+            "valid_chrf": valid.chrf,
+            "valid_bleu_sentences": valid.sentences,
+            "train_seconds": state.train_seconds,
+            "best": improved,
+            "stopped_by_time": stopped_by_time,
+        }))?;
+        tracing::info!(
+            "epoch {epoch}: step {} train loss {train_loss:.3} valid loss {:.3} BLEU {:.2} chrF {:.2}{}",
+            state.step,
+            valid.loss,
+            valid.bleu,
+            valid.chrf,
+            if improved { " (best)" } else { "" }
+        );
+        last = Some(valid);
+    }
+
+    Ok(TrainSummary {
+        epochs: state.epoch,
+        steps: state.step,
+        best_bleu: state.best_bleu,
+        best_epoch: state.best_epoch,
+        last,
+        train_seconds: state.train_seconds,
+        stopped_by_time,
+    })
+}
