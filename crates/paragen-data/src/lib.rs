@@ -9,6 +9,7 @@
 //!   standard `tokenizer.json`);
 //! - [`batch`] groups encoded pairs into batches under a padded-token budget, with length
 //!   bucketing and a seeded shuffle, and turns a batch into burn tensors;
+//! - [`prepared`] makes and reads a prepared data directory (splits + tokenizer);
 //! - [`fsio`] writes files atomically (temp file + rename), for every crate above this one.
 //!
 //! **Depends on:** paragen-backend (types only), burn (tensors). **Invariant:** knows
@@ -17,11 +18,13 @@
 pub mod batch;
 pub mod corpus;
 pub mod fsio;
+pub mod prepared;
 pub mod split;
 pub mod tokenizer;
 
 pub use batch::{Seq2SeqBatch, TokenBudgetBatcher};
-pub use corpus::{MalformedLines, Pair, read_corpus, read_tsv, write_tsv};
+pub use corpus::{CorpusSource, MalformedLines, Pair, read_corpus, read_tsv, write_tsv};
+pub use prepared::{PrepareReport, PreparedData, encode_pairs, prepare};
 pub use split::{Split, SplitConfig};
 pub use tokenizer::{SpecialTokens, Tokenizer, TokenizerError};
 

@@ -340,7 +340,11 @@ mod tests {
     type B = TestBackend;
 
     fn model(seed: u64) -> Transformer<B> {
-        B::seed(&Default::default(), seed);
+        model_on::<B>(seed)
+    }
+
+    fn model_on<BB: Backend>(seed: u64) -> Transformer<BB> {
+        BB::seed(&Default::default(), seed);
         let special = SpecialTokens {
             pad: 0,
             bos: 1,
@@ -362,8 +366,13 @@ mod tests {
 
     #[test]
     fn cached_greedy_equals_uncached_greedy() {
+        cached_greedy_equals_uncached_greedy_on::<B>();
+        cached_greedy_equals_uncached_greedy_on::<paragen_backend::FlexTestBackend>();
+    }
+
+    fn cached_greedy_equals_uncached_greedy_on<BB: Backend>() {
         for seed in 0..3 {
-            let m = model(seed);
+            let m = model_on::<BB>(seed);
             let limit = LengthLimit {
                 ratio: 1.0,
                 extra: 5,
@@ -379,8 +388,13 @@ mod tests {
 
     #[test]
     fn beam_of_one_equals_greedy() {
+        beam_of_one_equals_greedy_on::<B>();
+        beam_of_one_equals_greedy_on::<paragen_backend::FlexTestBackend>();
+    }
+
+    fn beam_of_one_equals_greedy_on<BB: Backend>() {
         for seed in 0..3 {
-            let m = model(seed);
+            let m = model_on::<BB>(seed);
             let limit = LengthLimit {
                 ratio: 1.5,
                 extra: 3,

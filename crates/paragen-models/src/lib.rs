@@ -17,6 +17,7 @@ pub mod config;
 pub mod decoding;
 pub mod layers;
 pub mod loss;
+pub mod nat;
 pub mod teacher;
 
 pub use config::{PositionKind, TransformerConfig};

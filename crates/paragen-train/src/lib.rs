@@ -7,12 +7,14 @@
 //!   metrics log), written atomically and reloaded with clear errors;
 //! - [`trainer`]: the training loop (AdamW, token-budget batches, validation loss and
 //!   BLEU each epoch, keep-best, resume, progress);
-//! - [`translate`]: batched translation of text with any trained model.
+//! - [`translate`]: batched translation of text with any trained model;
+//! - [`bench`]: decoding timings (warm-up, median of runs) and GFLOP/s measurements.
 //!
 //! **Depends on:** paragen-backend, paragen-data, paragen-models, burn.
 //! **Invariant:** never parses command lines; talks to people only through `tracing`
 //! and progress bars on a terminal.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod clip;
 pub mod metrics;
@@ -24,4 +26,4 @@ pub mod translate;
 pub use checkpoint::{CheckpointError, RunConfig, RunDir};
 pub use metrics::{Bleu, corpus_bleu, corpus_chrf};
 pub use trainer::{TrainConfig, TrainError, TrainSummary, train};
-pub use translate::{Decoding, translate_texts};
+pub use translate::{Decoding, EvalReport, TranslateError, evaluate, translate_texts};

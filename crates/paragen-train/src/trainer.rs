@@ -55,9 +55,9 @@ impl TrainConfig {
         Self {
             max_epochs: 100,
             max_minutes: Some(10.0),
-            max_tokens: 4096,
-            peak_lr: 1e-3,
-            warmup_steps: 300,
+            max_tokens: 2048,
+            peak_lr: 2e-3,
+            warmup_steps: 100,
             weight_decay: 0.01,
             clip_norm: 1.0,
             label_smoothing: 0.1,
@@ -114,6 +114,23 @@ pub struct TrainData {
     pub train: Vec<Example>,
     pub valid: Vec<Example>,
     pub valid_references: Vec<String>,
+}
+
+impl TrainData {
+    /// Encodes the train and valid splits of a prepared data directory.
+    pub fn from_prepared(
+        data: &paragen_data::PreparedData,
+        tokenizer: &Tokenizer,
+    ) -> Result<Self, TrainError> {
+        use paragen_data::Split;
+        let train = data.pairs(Split::Train).map_err(CheckpointError::from)?;
+        let valid = data.pairs(Split::Valid).map_err(CheckpointError::from)?;
+        Ok(Self {
+            train: paragen_data::encode_pairs(tokenizer, &train).map_err(CheckpointError::from)?,
+            valid: paragen_data::encode_pairs(tokenizer, &valid).map_err(CheckpointError::from)?,
+            valid_references: valid.into_iter().map(|p| p.tgt).collect(),
+        })
+    }
 }
 
 /// Scores of one validation.

@@ -97,3 +97,51 @@ pub fn translate_texts<B: Backend>(
         .map(|ids| tokenizer.decode(ids).map_err(TranslateError::from))
         .collect()
 }
+
+/// Quality and speed of a model on a set of sentence pairs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub bleu: f64,
+    pub chrf: f64,
+    pub sentences: usize,
+    /// Wall time of decoding (tokenization and detokenization included).
+    pub seconds: f64,
+    pub sentences_per_second: f64,
+    pub decoding: String,
+    pub batch_size: usize,
+    #[serde(skip)]
+    pub hypotheses: Vec<String>,
+}
+
+/// Translates the sources of `pairs` and scores them against their targets.
+pub fn evaluate<B: Backend>(
+    model: &Transformer<B>,
+    tokenizer: &Tokenizer,
+    pairs: &[paragen_data::Pair],
+    decoding: Decoding,
+    batch_size: usize,
+    show_progress: bool,
+) -> Result<EvalReport, TranslateError> {
+    let sources: Vec<&str> = pairs.iter().map(|p| p.src.as_str()).collect();
+    let references: Vec<&str> = pairs.iter().map(|p| p.tgt.as_str()).collect();
+    let started = std::time::Instant::now();
+    let hypotheses = translate_texts(
+        model,
+        tokenizer,
+        &sources,
+        decoding,
+        batch_size,
+        show_progress,
+    )?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(EvalReport {
+        bleu: crate::metrics::corpus_bleu(&hypotheses, &references).score,
+        chrf: crate::metrics::corpus_chrf(&hypotheses, &references),
+        sentences: pairs.len(),
+        seconds,
+        sentences_per_second: pairs.len() as f64 / seconds.max(1e-9),
+        decoding: decoding.name(),
+        batch_size,
+        hypotheses,
+    })
+}

@@ -1,0 +1,230 @@
+//! Command-line arguments, parsed with clap and validated into the libraries' types.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "paragen",
+    version,
+    about = "Fast text generation: train an autoregressive Transformer teacher on parallel text, \
+             then translate and evaluate it (BLEU and chrF as sacrebleu computes them).",
+    after_help = "Quick start on the shipped English-French corpus:\n  \
+                  paragen pipeline --preset quick\n\n\
+                  Step by step:\n  \
+                  paragen prepare --out work/data\n  \
+                  paragen train-teacher --data work/data --out work/teacher --preset quick\n  \
+                  paragen eval --model work/teacher\n  \
+                  echo 'God is love.' | paragen translate --model work/teacher --beam 4"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct GlobalArgs {
+    /// Backend to run on: flex or ndarray (CPU), wgpu or cuda (GPU, when compiled in
+    /// with `--features wgpu|cuda`). flex is the CPU default: it trains fastest here.
+    #[arg(long, global = true, default_value = paragen_backend::DEFAULT_CPU_BACKEND.name(), env = "PARAGEN_BACKEND")]
+    pub backend: String,
+    /// Device index on the backend (GPU number; 0 on the CPU).
+    #[arg(long, global = true, default_value_t = 0)]
+    pub device: usize,
+    /// CPU threads for the ndarray/flex backends (default: one per core). On 2-core
+    /// machines, 1 thread is often faster for batch-1 decoding.
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// Only print warnings and errors.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// Print debug logs.
+    #[arg(long, short, global = true, conflicts_with = "quiet")]
+    pub verbose: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Split a parallel corpus into train/valid/test and train the BPE tokenizer.
+    Prepare(PrepareArgs),
+    /// Train the autoregressive Transformer teacher.
+    TrainTeacher(TrainArgs),
+    /// Translate sentences (one per line) from a file or stdin to stdout.
+    Translate(TranslateArgs),
+    /// Translate a split of the prepared data and print BLEU and chrF.
+    Eval(EvalArgs),
+    /// The whole quick start: prepare, train the teacher, evaluate on the test split.
+    Pipeline(PipelineArgs),
+    /// Measure a model for `cargo xtask bench`: quality on a split and decoding speed at
+    /// several batch sizes (warm-up, then the median of runs); prints one JSON object.
+    Profile(ProfileArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct PrepareArgs {
+    /// Corpus as a TSV (`src<TAB>tgt` or `id<TAB>src<TAB>tgt`, optionally gzipped).
+    #[arg(long, default_value = "data/bible-en-fr.tsv.gz", conflicts_with_all = ["src", "tgt"])]
+    pub corpus: PathBuf,
+    /// Source side as a plain text file, one sentence per line (use with --tgt).
+    #[arg(long, requires = "tgt")]
+    pub src: Option<PathBuf>,
+    /// Target side, line-aligned with --src.
+    #[arg(long, requires = "src")]
+    pub tgt: Option<PathBuf>,
+    /// Output directory.
+    #[arg(long, default_value = "work/data")]
+    pub out: PathBuf,
+    /// Size of the joint BPE vocabulary.
+    #[arg(long, default_value_t = 8000)]
+    pub vocab_size: usize,
+    /// Thousandths of the pairs that go to the validation split.
+    #[arg(long, default_value_t = 20)]
+    pub valid_per_mille: u32,
+    /// Thousandths of the pairs that go to the test split.
+    #[arg(long, default_value_t = 40)]
+    pub test_per_mille: u32,
+    /// Skip malformed lines (and report how many) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_malformed: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Preset {
+    /// Small model, about 10 minutes of training on 2 CPU cores.
+    Quick,
+    /// Transformer-base shapes and schedule; hours on a CPU, for a GPU.
+    Base,
+}
+
+#[derive(Args, Clone)]
+pub struct TrainArgs {
+    /// Prepared data directory (from `paragen prepare`).
+    #[arg(long, default_value = "work/data")]
+    pub data: PathBuf,
+    /// Run directory for checkpoints, config and metrics.
+    #[arg(long, default_value = "work/teacher")]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t = Preset::Quick)]
+    pub preset: Preset,
+    /// Continue the run in --out (weights, optimizer and schedule state) instead of
+    /// starting over.
+    #[arg(long)]
+    pub resume: bool,
+    /// Override the preset's number of epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Override the preset's training-time budget in minutes (0: no limit).
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
+    /// Override the preset's batch size in padded tokens.
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Override the preset's peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Random seed (weights, batch order, dropout).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Args, Clone)]
+pub struct DecodeArgs {
+    /// Beam size; 1 means greedy search.
+    #[arg(long, default_value_t = 1)]
+    pub beam: usize,
+    /// Length penalty exponent of beam search (score / length^penalty).
+    #[arg(long, default_value_t = 1.0)]
+    pub length_penalty: f32,
+    /// Longest output: ratio × source tokens + --max-len-extra.
+    #[arg(long, default_value_t = 1.5)]
+    pub max_len_ratio: f32,
+    #[arg(long, default_value_t = 10)]
+    pub max_len_extra: usize,
+    /// Sentences decoded together.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+}
+
+#[derive(Args, Clone)]
+pub struct TranslateArgs {
+    /// Run directory of the model.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Input file, one sentence per line; `-` or absent reads stdin.
+    #[arg(long, short)]
+    pub input: Option<PathBuf>,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct EvalArgs {
+    /// Run directory of the model.
+    #[arg(long, default_value = "work/teacher")]
+    pub model: PathBuf,
+    /// Prepared data directory (default: the one the model was trained on).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Which split to evaluate on.
+    #[arg(long, default_value = "test", value_parser = ["train", "valid", "test"])]
+    pub split: String,
+    /// Evaluate only the first N pairs of the split.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Print one JSON object (bleu, chrf, sentences, seconds, ...) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Example translations to print.
+    #[arg(long, default_value_t = 5)]
+    pub show: usize,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct PipelineArgs {
+    #[arg(long, value_enum, default_value_t = Preset::Quick)]
+    pub preset: Preset,
+    /// Working directory; holds `data/` and `teacher/`.
+    #[arg(long, default_value = "work")]
+    pub work: PathBuf,
+    /// Corpus to start from.
+    #[arg(long, default_value = "data/bible-en-fr.tsv.gz")]
+    pub corpus: PathBuf,
+    /// Redo every step even if its output exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Example translations to print.
+    #[arg(long, default_value_t = 5)]
+    pub show: usize,
+}
+
+#[derive(Args, Clone)]
+pub struct ProfileArgs {
+    /// Run directory of the model.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Prepared data directory (default: the one the model was trained on).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Pairs of the test split scored for BLEU/chrF (default: all); 0 skips scoring.
+    #[arg(long)]
+    pub quality_sentences: Option<usize>,
+    /// Test sentences decoded in each timed run.
+    #[arg(long, default_value_t = 100)]
+    pub time_sentences: usize,
+    /// Batch sizes to time.
+    #[arg(long, default_value = "1,8,64", value_delimiter = ',')]
+    pub batch_sizes: Vec<usize>,
+    /// Timed runs per batch size (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Also measure the fp32 matmul peak and the forward pass's achieved GFLOP/s.
+    #[arg(long)]
+    pub roofline: bool,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+}

@@ -1,0 +1,106 @@
+//! Honest timing of decoding: warm-up first, then the median of several runs, at a fixed
+//! batch size; plus the achieved GFLOP/s of a forward pass and the machine's measured
+//! fp32 matrix-product peak, for a roofline comparison.
+
+use std::time::Instant;
+
+use burn::prelude::*;
+use paragen_models::Transformer;
+use serde::{Deserialize, Serialize};
+
+use crate::translate::{Decoding, TranslateError, translate_ids};
+
+/// Median wall time of decoding, per sentence.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Timing {
+    pub batch_size: usize,
+    pub sentences: usize,
+    pub runs: usize,
+    pub ms_per_sentence: f64,
+    pub sentences_per_s: f64,
+    /// Every run's seconds, in order.
+    pub run_seconds: Vec<f64>,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let mid = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    }
+}
+
+/// Decodes `sources` once to warm up, then `runs` more times; reports the median run.
+pub fn time_decoding<B: Backend>(
+    model: &Transformer<B>,
+    sources: &[Vec<u32>],
+    decoding: Decoding,
+    batch_size: usize,
+    runs: usize,
+) -> Result<Timing, TranslateError> {
+    let warmup = sources.len().min(batch_size.max(4));
+    translate_ids(model, &sources[..warmup], decoding, batch_size, false)?;
+    let mut run_seconds = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let started = Instant::now();
+        translate_ids(model, sources, decoding, batch_size, false)?;
+        run_seconds.push(started.elapsed().as_secs_f64());
+    }
+    let seconds = median(&run_seconds);
+    Ok(Timing {
+        batch_size,
+        sentences: sources.len(),
+        runs: run_seconds.len(),
+        ms_per_sentence: 1000.0 * seconds / sources.len() as f64,
+        sentences_per_s: sources.len() as f64 / seconds,
+        run_seconds,
+    })
+}
+
+/// Best GFLOP/s of `repeats` products of two `n × n` fp32 matrices: the practical peak
+/// of this backend on this machine.
+pub fn matmul_peak_gflops<B: Backend>(n: usize, repeats: usize, device: &B::Device) -> f64 {
+    let a = Tensor::<B, 2>::random([n, n], burn::tensor::Distribution::Default, device);
+    let b = Tensor::<B, 2>::random([n, n], burn::tensor::Distribution::Default, device);
+    let _ = a.clone().matmul(b.clone()).into_data();
+    let best = (0..repeats.max(1))
+        .map(|_| {
+            let started = Instant::now();
+            let _ = a.clone().matmul(b.clone()).into_data();
+            started.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    2.0 * (n as f64).powi(3) / best / 1e9
+}
+
+/// Achieved GFLOP/s of a teacher-forced forward pass (encoder + all decoder positions)
+/// over a `[batch, len]` source and target, best of `repeats`.
+pub fn forward_gflops<B: Backend>(
+    model: &Transformer<B>,
+    batch: usize,
+    len: usize,
+    repeats: usize,
+) -> (f64, f64) {
+    let device = model.device();
+    let config = model.config();
+    let ids: Vec<i64> = (0..batch * len)
+        .map(|i| 5 + (i as i64 * 7919) % (config.vocab_size as i64 - 5))
+        .collect();
+    let tokens = Tensor::<B, 2, Int>::from_data(
+        burn::tensor::TensorData::new(ids, [batch, len]).convert::<B::IntElem>(),
+        &device,
+    );
+    let _ = model.forward(tokens.clone(), tokens.clone()).into_data();
+    let best = (0..repeats.max(1))
+        .map(|_| {
+            let started = Instant::now();
+            let _ = model.forward(tokens.clone(), tokens.clone()).into_data();
+            started.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    let flops = config.forward_flops(batch, len, len);
+    (flops / best / 1e9, best)
+}

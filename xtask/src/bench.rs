@@ -1,0 +1,590 @@
+//! `cargo xtask bench`: measures every trained model variant side by side.
+//!
+//! 1. builds `paragen` in release (and trains the quick teacher first with
+//!    `--build-models` when no trained run exists);
+//! 2. runs the criterion benchmarks of `benches/` (skip with `--skip-criterion`);
+//! 3. for every run directory under `--models` and every decoding that fits its kind,
+//!    runs `paragen profile` once per thread count: BLEU/chrF on the test split, then
+//!    decoding time at batch 1, 8 and 64 (one warm-up, median of several runs);
+//! 4. writes `target/paragen-report/{report.json, report.md, bleu_vs_latency.svg}` and,
+//!    unless `--quick`, regenerates `docs/results.md`. Each variant reports its best
+//!    thread count per batch size.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail, ensure};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The batch sizes every variant is timed at.
+pub const BATCH_SIZES: [usize; 3] = [1, 8, 64];
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Fewer sentences and runs (for CI): a few minutes instead of half an hour.
+    #[arg(long)]
+    quick: bool,
+    /// Train the quick teacher first if no trained run is found under --models.
+    #[arg(long)]
+    build_models: bool,
+    /// Training minutes for --build-models (default: the quick preset's budget).
+    #[arg(long)]
+    train_minutes: Option<f64>,
+    /// Folder searched (two levels deep) for run directories (those with run.json).
+    #[arg(long, default_value = "work")]
+    models: PathBuf,
+    /// Thread counts to time every variant at.
+    #[arg(long, default_value = "1,2", value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Skip the criterion benchmarks.
+    #[arg(long)]
+    skip_criterion: bool,
+}
+
+/// One measured variant, as `report.json` lists it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Variant {
+    pub name: String,
+    pub kind: String,
+    pub decoding: String,
+    pub bleu: f64,
+    pub chrf: f64,
+    pub params: u64,
+    pub file_bytes: u64,
+    pub ms_per_sentence: BTreeMap<String, f64>,
+    pub sentences_per_s: BTreeMap<String, f64>,
+    pub speedup_vs_teacher_greedy: BTreeMap<String, f64>,
+    /// Thread count that gave the reported time, per batch size.
+    pub best_threads: BTreeMap<String, usize>,
+    pub model_dir: String,
+}
+
+/// Everything `report.json` holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub date: String,
+    pub commit: String,
+    pub machine: Machine,
+    pub method: String,
+    pub variants: Vec<Variant>,
+    pub roofline: Option<Value>,
+    pub criterion: Vec<CriterionResult>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub logical_cpus: usize,
+    pub threads: Vec<usize>,
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CriterionResult {
+    pub id: String,
+    pub median_ms: f64,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let root = crate::workspace_root();
+    cargo(&root, &["build", "--release", "-p", "paragen-cli"])?;
+    let paragen = root.join("target/release/paragen");
+    let models_dir = root.join(&args.models);
+    let mut runs = find_runs(&models_dir);
+    if runs.is_empty() {
+        if !args.build_models {
+            bail!(
+                "no trained model under {}; train one (README) or pass --build-models",
+                models_dir.display()
+            );
+        }
+        build_quick_models(&paragen, &models_dir, args.train_minutes)?;
+        runs = find_runs(&models_dir);
+    }
+    let criterion = if args.skip_criterion {
+        Vec::new()
+    } else {
+        run_criterion(&root, args.quick)?
+    };
+    let (time_sentences, runs_per_batch) = if args.quick {
+        ("16", "1")
+    } else {
+        ("100", "5")
+    };
+    let quality = if args.quick { Some("100") } else { None };
+    let mut profiles: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut roofline = None;
+    for run_dir in &runs {
+        for beam in ["1", "4"] {
+            let mut per_threads = Vec::new();
+            for (i, threads) in args.threads.iter().enumerate() {
+                let mut cmd = Command::new(&paragen);
+                cmd.current_dir(&root)
+                    .args([
+                        "--quiet",
+                        "--threads",
+                        &threads.to_string(),
+                        "profile",
+                        "--model",
+                    ])
+                    .arg(run_dir)
+                    .args([
+                        "--beam",
+                        beam,
+                        "--time-sentences",
+                        time_sentences,
+                        "--runs",
+                        runs_per_batch,
+                    ]);
+                // Quality does not depend on threads: score once.
+                match (i, quality) {
+                    (0, Some(n)) => cmd.args(["--quality-sentences", n]),
+                    (0, None) => &mut cmd,
+                    _ => cmd.args(["--quality-sentences", "0"]),
+                };
+                let wants_roofline = roofline.is_none()
+                    && beam == "1"
+                    && *threads == *args.threads.iter().max().unwrap();
+                if wants_roofline {
+                    cmd.arg("--roofline");
+                }
+                eprintln!(
+                    "profiling {} beam {beam} with {threads} thread(s)",
+                    run_dir.display()
+                );
+                let output = cmd.output().context("running paragen profile")?;
+                ensure!(
+                    output.status.success(),
+                    "paragen profile failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                let value: Value = serde_json::from_slice(&output.stdout)
+                    .context("parsing paragen profile output")?;
+                if wants_roofline {
+                    roofline = value.get("roofline").cloned();
+                }
+                per_threads.push(value);
+            }
+            profiles.push((variant_name(run_dir, &models_dir), per_threads));
+        }
+    }
+    let report = build_report(profiles, roofline, criterion, &args.threads)?;
+    validate_report(&serde_json::to_value(&report)?)
+        .map_err(|e| anyhow::anyhow!("report.json schema: {e}"))?;
+    // A quick run measures too little to stand as the project's published numbers.
+    write_outputs(&root, &report, !args.quick)?;
+    Ok(())
+}
+
+fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("$ cargo {}", args.join(" "));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(root)
+        .status()?;
+    ensure!(status.success(), "cargo {} failed", args.join(" "));
+    Ok(())
+}
+
+/// Run directories (with `run.json` and `model.mpk`) at most two levels below `dir`.
+fn find_runs(dir: &Path) -> Vec<PathBuf> {
+    let mut runs = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return runs;
+    };
+    let mut entries: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.join("run.json").exists() && path.join("model.mpk").exists() {
+            runs.push(path);
+        } else {
+            runs.extend(find_runs_flat(&path));
+        }
+    }
+    runs
+}
+
+fn find_runs_flat(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut runs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("run.json").exists() && p.join("model.mpk").exists())
+        .collect();
+    runs.sort();
+    runs
+}
+
+fn variant_name(run_dir: &Path, models_dir: &Path) -> String {
+    run_dir
+        .strip_prefix(models_dir)
+        .unwrap_or(run_dir)
+        .display()
+        .to_string()
+}
+
+fn build_quick_models(
+    paragen: &Path,
+    models_dir: &Path,
+    minutes: Option<f64>,
+) -> anyhow::Result<()> {
+    let data = models_dir.join("data");
+    let teacher = models_dir.join("teacher");
+    let run = |args: Vec<String>| -> anyhow::Result<()> {
+        eprintln!("$ paragen {}", args.join(" "));
+        let status = Command::new(paragen)
+            .args(&args)
+            .current_dir(crate::workspace_root())
+            .status()?;
+        ensure!(status.success(), "paragen {} failed", args.join(" "));
+        Ok(())
+    };
+    if !data.join("prepare.json").exists() {
+        run(vec![
+            "prepare".into(),
+            "--out".into(),
+            data.display().to_string(),
+        ])?;
+    }
+    let mut train = vec![
+        "train-teacher".into(),
+        "--data".into(),
+        data.display().to_string(),
+        "--out".into(),
+        teacher.display().to_string(),
+        "--preset".into(),
+        "quick".into(),
+    ];
+    if teacher.join("trainer.json").exists() {
+        train.push("--resume".into());
+    }
+    if let Some(m) = minutes {
+        train.extend(["--max-minutes".into(), m.to_string()]);
+    }
+    run(train)
+}
+
+fn run_criterion(root: &Path, quick: bool) -> anyhow::Result<Vec<CriterionResult>> {
+    let mut args = vec!["bench", "-p", "paragen-benches", "--"];
+    if quick {
+        args.extend([
+            "--warm-up-time",
+            "0.5",
+            "--measurement-time",
+            "1",
+            "--sample-size",
+            "10",
+        ]);
+    }
+    cargo(root, &args)?;
+    let mut results = Vec::new();
+    collect_criterion(
+        &root.join("target/criterion"),
+        &root.join("target/criterion"),
+        &mut results,
+    );
+    results.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(results)
+}
+
+fn collect_criterion(base: &Path, dir: &Path, out: &mut Vec<CriterionResult>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n == "new") {
+                if let Some(median) = read_median_ns(&path.join("estimates.json")) {
+                    let id = path
+                        .parent()
+                        .unwrap()
+                        .strip_prefix(base)
+                        .unwrap()
+                        .display()
+                        .to_string();
+                    out.push(CriterionResult {
+                        id,
+                        median_ms: median / 1e6,
+                    });
+                }
+            } else if path
+                .file_name()
+                .is_none_or(|n| n != "report" && n != "base" && n != "change")
+            {
+                collect_criterion(base, &path, out);
+            }
+        }
+    }
+}
+
+fn read_median_ns(path: &Path) -> Option<f64> {
+    let value: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    value["median"]["point_estimate"].as_f64()
+}
+
+/// Merges per-thread profiles into variants (best time per batch size) and computes
+/// speedups against the teacher's greedy decoding.
+pub fn build_report(
+    profiles: Vec<(String, Vec<Value>)>,
+    roofline: Option<Value>,
+    criterion: Vec<CriterionResult>,
+    threads: &[usize],
+) -> anyhow::Result<Report> {
+    let mut variants = Vec::new();
+    for (name, per_threads) in profiles {
+        let first = per_threads
+            .first()
+            .context("a variant without any profile")?;
+        let mut ms = BTreeMap::new();
+        let mut best_threads = BTreeMap::new();
+        for profile in &per_threads {
+            let timings = profile["timings"]
+                .as_object()
+                .context("profile without timings")?;
+            for (batch, timing) in timings {
+                let value = timing["ms_per_sentence"]
+                    .as_f64()
+                    .context("timing without ms_per_sentence")?;
+                if ms.get(batch).is_none_or(|&best| value < best) {
+                    ms.insert(batch.clone(), value);
+                    best_threads.insert(
+                        batch.clone(),
+                        profile["threads"].as_u64().unwrap_or(0) as usize,
+                    );
+                }
+            }
+        }
+        let decoding = first["decoding"].as_str().unwrap_or("?").to_string();
+        variants.push(Variant {
+            name: format!("{name} {decoding}"),
+            kind: if first["decoder_layers"].as_u64() == Some(1) {
+                "ar-shallow".into()
+            } else {
+                first["kind"].as_str().unwrap_or("ar").into()
+            },
+            decoding,
+            bleu: first["bleu"].as_f64().unwrap_or(f64::NAN),
+            chrf: first["chrf"].as_f64().unwrap_or(f64::NAN),
+            params: first["params"].as_u64().unwrap_or(0),
+            file_bytes: first["file_bytes"].as_u64().unwrap_or(0),
+            sentences_per_s: ms.iter().map(|(b, v)| (b.clone(), 1000.0 / v)).collect(),
+            ms_per_sentence: ms,
+            speedup_vs_teacher_greedy: BTreeMap::new(),
+            best_threads,
+            model_dir: first["model"].as_str().unwrap_or("").to_string(),
+        });
+    }
+    let reference = variants
+        .iter()
+        .find(|v| v.kind == "ar" && v.decoding == "greedy" && v.name.starts_with("teacher"))
+        .or_else(|| {
+            variants
+                .iter()
+                .find(|v| v.kind == "ar" && v.decoding == "greedy")
+        })
+        .map(|v| v.ms_per_sentence.clone());
+    if let Some(reference) = reference {
+        for v in &mut variants {
+            v.speedup_vs_teacher_greedy = v
+                .ms_per_sentence
+                .iter()
+                .filter_map(|(b, ms)| reference.get(b).map(|r| (b.clone(), r / ms)))
+                .collect();
+        }
+    }
+    Ok(Report {
+        date: command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        commit: command_output("git", &["rev-parse", "--short", "HEAD"]),
+        machine: Machine {
+            cpu: cpu_model(),
+            logical_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads: threads.to_vec(),
+            backend: "flex".into(),
+        },
+        method:
+            "Every variant decodes the same test sentences in the same `cargo xtask bench` run, \
+                 after one warm-up pass; each time is the median of the timed runs; every variant \
+                 is timed at every thread count and the best is reported (best_threads). BLEU and \
+                 chrF (sacrebleu-exact) are scored at batch 64."
+                .into(),
+        variants,
+        roofline,
+        criterion,
+    })
+}
+
+fn command_output(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Checks that a report has the schema other tools rely on.
+pub fn validate_report(report: &Value) -> Result<(), String> {
+    let machine = report.get("machine").ok_or("missing `machine`")?;
+    for key in ["cpu", "threads", "backend"] {
+        machine.get(key).ok_or(format!("machine lacks `{key}`"))?;
+    }
+    let variants = report["variants"]
+        .as_array()
+        .ok_or("`variants` is not a list")?;
+    if variants.is_empty() {
+        return Err("no variants".into());
+    }
+    for v in variants {
+        let name = v["name"].as_str().ok_or("variant without a `name`")?;
+        for key in ["kind", "decoding"] {
+            v[key]
+                .as_str()
+                .ok_or(format!("{name}: `{key}` is not a string"))?;
+        }
+        let kind = v["kind"].as_str().unwrap();
+        if !["ar", "ar-shallow", "nat"].contains(&kind) {
+            return Err(format!("{name}: unknown kind `{kind}`"));
+        }
+        for key in ["bleu", "chrf"] {
+            v[key]
+                .as_f64()
+                .ok_or(format!("{name}: `{key}` is not a number"))?;
+        }
+        for key in ["params", "file_bytes"] {
+            v[key]
+                .as_u64()
+                .ok_or(format!("{name}: `{key}` is not an integer"))?;
+        }
+        for key in [
+            "ms_per_sentence",
+            "sentences_per_s",
+            "speedup_vs_teacher_greedy",
+        ] {
+            let map = v[key]
+                .as_object()
+                .ok_or(format!("{name}: `{key}` is not an object"))?;
+            for batch in BATCH_SIZES {
+                map.get(&batch.to_string())
+                    .and_then(Value::as_f64)
+                    .ok_or(format!("{name}: `{key}` lacks batch size \"{batch}\""))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_outputs(root: &Path, report: &Report, publish: bool) -> anyhow::Result<()> {
+    let dir = root.join("target/paragen-report");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(report)?,
+    )?;
+    crate::report::plot_bleu_latency(report, &dir.join("bleu_vs_latency.svg"))?;
+    let table = crate::report::markdown(report);
+    std::fs::write(dir.join("report.md"), &table)?;
+    println!("{table}");
+    println!(
+        "wrote {}/report.json, report.md and bleu_vs_latency.svg",
+        dir.display()
+    );
+    if publish {
+        std::fs::write(
+            root.join("docs/results.md"),
+            crate::report::results_page(report, &table),
+        )?;
+        println!("regenerated docs/results.md");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(threads: usize, decoding: &str, ms: [f64; 3]) -> Value {
+        serde_json::json!({
+            "model": "work/teacher", "kind": "ar", "decoding": decoding, "params": 100, "file_bytes": 400,
+            "threads": threads, "decoder_layers": 3, "bleu": 12.5, "chrf": 40.0,
+            "timings": {
+                "1": {"ms_per_sentence": ms[0]}, "8": {"ms_per_sentence": ms[1]}, "64": {"ms_per_sentence": ms[2]}
+            }
+        })
+    }
+
+    #[test]
+    fn report_has_the_documented_schema_and_picks_the_best_threads() {
+        let profiles = vec![
+            (
+                "teacher".to_string(),
+                vec![
+                    profile(1, "greedy", [10.0, 4.0, 2.0]),
+                    profile(2, "greedy", [12.0, 3.0, 1.0]),
+                ],
+            ),
+            (
+                "teacher".to_string(),
+                vec![
+                    profile(1, "beam4", [40.0, 8.0, 4.0]),
+                    profile(2, "beam4", [50.0, 6.0, 2.0]),
+                ],
+            ),
+        ];
+        let report = build_report(profiles, None, Vec::new(), &[1, 2]).unwrap();
+        let json = serde_json::to_value(&report).unwrap();
+        validate_report(&json).unwrap();
+        let greedy = &report.variants[0];
+        assert_eq!(greedy.ms_per_sentence["1"], 10.0);
+        assert_eq!(greedy.best_threads["1"], 1);
+        assert_eq!(greedy.best_threads["64"], 2);
+        assert_eq!(greedy.speedup_vs_teacher_greedy["8"], 1.0);
+        assert_eq!(report.variants[1].speedup_vs_teacher_greedy["1"], 0.25);
+        assert!((greedy.sentences_per_s["64"] - 1000.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn schema_check_rejects_missing_batch_sizes() {
+        let mut json = serde_json::to_value(
+            build_report(
+                vec![(
+                    "teacher".into(),
+                    vec![profile(1, "greedy", [1.0, 1.0, 1.0])],
+                )],
+                None,
+                vec![],
+                &[1],
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        json["variants"][0]["ms_per_sentence"]
+            .as_object_mut()
+            .unwrap()
+            .remove("64");
+        assert!(
+            validate_report(&json)
+                .unwrap_err()
+                .contains("batch size \"64\"")
+        );
+    }
+}
