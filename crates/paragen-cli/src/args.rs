@@ -97,6 +97,9 @@ pub enum Preset {
     Quick,
     /// Transformer-base shapes and schedule; hours on a CPU, for a GPU.
     Base,
+    /// A model of a few thousand parameters that trains in seconds: for tests and
+    /// smoke runs, not for translating.
+    Tiny,
 }
 
 #[derive(Args, Clone)]

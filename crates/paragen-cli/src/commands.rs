@@ -95,6 +95,14 @@ fn preset_configs(
             TransformerConfig::base(vocab, special),
             TrainConfig::base(),
         ),
+        Preset::Tiny => (
+            "tiny",
+            TransformerConfig {
+                max_positions: 256,
+                ..TransformerConfig::tiny(vocab, special)
+            },
+            TrainConfig::tiny(),
+        ),
     }
 }
 

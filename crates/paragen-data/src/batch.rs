@@ -113,7 +113,8 @@ pub struct Seq2SeqBatch<B: Backend> {
     pub tgt_tokens: usize,
 }
 
-fn as_slices(v: &[Vec<u32>]) -> Vec<&[u32]> {
+/// Borrows each sequence as a slice, as [`pad_to_tensor`] takes them.
+pub fn as_slices(v: &[Vec<u32>]) -> Vec<&[u32]> {
     v.iter().map(|s| s.as_slice()).collect()
 }
 

@@ -191,6 +191,93 @@ impl<B: Backend> NatStudent<B> {
     pub fn param_count(&self) -> usize {
         self.num_params()
     }
+
+    /// CMLM training loss: for every target, a uniformly drawn number of positions
+    /// (1 to its length) is replaced by `<mask>` and predicted from the rest, plus the
+    /// weighted length-classification loss. `masks[i][j]` says whether position `j` of
+    /// target `i` is masked (see [`sample_cmlm_masks`]).
+    ///
+    /// # Shapes
+    /// - `src`: `[batch, src_time]`; `targets`: the target ids (no BOS/EOS).
+    pub fn cmlm_loss(
+        &self,
+        src: Tensor<B, 2, Int>,
+        src_lens: &[usize],
+        targets: &[Vec<u32>],
+        masks: &[Vec<bool>],
+        label_smoothing: f64,
+    ) -> Tensor<B, 1> {
+        let special = self.config.transformer.special;
+        let device = src.device();
+        let encoded = self.encode(src);
+        let tgt_lens: Vec<usize> = targets.iter().map(|t| t.len()).collect();
+        let inputs: Vec<Vec<u32>> = targets
+            .iter()
+            .zip(masks)
+            .map(|(t, m)| {
+                t.iter()
+                    .zip(m)
+                    .map(|(&tok, &hide)| if hide { special.mask } else { tok })
+                    .collect()
+            })
+            .collect();
+        // Only masked positions are scored: the others carry the pad id as their target.
+        let outputs: Vec<Vec<u32>> = targets
+            .iter()
+            .zip(masks)
+            .map(|(t, m)| {
+                t.iter()
+                    .zip(m)
+                    .map(|(&tok, &hide)| if hide { tok } else { special.pad })
+                    .collect()
+            })
+            .collect();
+        let tgt_in = paragen_data::batch::pad_to_tensor::<B>(
+            &paragen_data::batch::as_slices(&inputs),
+            special.pad,
+            &device,
+        );
+        let tgt_out = paragen_data::batch::pad_to_tensor::<B>(
+            &paragen_data::batch::as_slices(&outputs),
+            special.pad,
+            &device,
+        );
+        let log_probs = self.decode(&encoded, tgt_in);
+        let token_loss = crate::loss::label_smoothed_cross_entropy(
+            log_probs,
+            tgt_out,
+            special.pad,
+            label_smoothing,
+        );
+        let length_targets = self.length_targets(src_lens, &tgt_lens);
+        let length_targets = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(length_targets, [tgt_lens.len()]).convert::<B::IntElem>(),
+            &device,
+        );
+        let length_log_probs = log_softmax(self.length_logits(&encoded), 1);
+        let length_loss = -length_log_probs
+            .gather(1, length_targets.unsqueeze_dim(1))
+            .mean();
+        token_loss + length_loss * self.config.length_loss_weight
+    }
+}
+
+/// CMLM masks: for each target of length `n`, `k ~ U{1..n}` positions chosen uniformly.
+pub fn sample_cmlm_masks(lengths: &[usize], rng: &mut impl rand::Rng) -> Vec<Vec<bool>> {
+    use rand::seq::SliceRandom;
+    lengths
+        .iter()
+        .map(|&n| {
+            let k = rng.random_range(1..=n.max(1));
+            let mut positions: Vec<usize> = (0..n).collect();
+            positions.shuffle(rng);
+            let mut mask = vec![false; n];
+            for &j in positions.iter().take(k) {
+                mask[j] = true;
+            }
+            mask
+        })
+        .collect()
 }
 
 /// `[batch, width]` tensor of `<mask>` for the first `len` positions of each row, pad after.
@@ -217,4 +304,287 @@ pub fn all_mask_input<B: Backend>(
         TensorData::new(flat, [lengths.len(), width]).convert::<B::IntElem>(),
         device,
     )
+}
+
+/// How a NAT student decodes.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NatDecoding {
+    /// Target lengths tried per sentence (1: only the most likely).
+    pub length_beam: usize,
+    /// Mask-predict passes (1: one parallel pass).
+    pub iterations: usize,
+}
+
+impl Default for NatDecoding {
+    fn default() -> Self {
+        Self {
+            length_beam: 1,
+            iterations: 1,
+        }
+    }
+}
+
+/// A decoded candidate with its average token log-probability.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NatCandidate {
+    pub tokens: Vec<u32>,
+    pub score: f32,
+}
+
+fn rows_to_vec<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> Vec<i64> {
+    t.into_data().iter::<i64>().collect()
+}
+
+/// Decodes sources in parallel: predicts lengths, then runs `iterations` passes of
+/// mask-predict (Ghazvininejad et al. 2019) over every length candidate at once.
+/// Returns, per source, all candidates (length-beam order) so callers can rescore; the
+/// best by the student's own score is [`best_candidate`].
+pub fn nat_decode<B: Backend>(
+    model: &NatStudent<B>,
+    sources: &[Vec<u32>],
+    options: NatDecoding,
+) -> Result<Vec<Vec<NatCandidate>>, ModelError> {
+    let config = &model.config().transformer;
+    for (index, s) in sources.iter().enumerate() {
+        if s.is_empty() {
+            return Err(ModelError::Empty { index });
+        }
+        if s.len() > config.max_positions {
+            return Err(ModelError::TooLong {
+                index,
+                len: s.len(),
+                max: config.max_positions,
+            });
+        }
+    }
+    let device = model.device();
+    let special = config.special;
+    let slices: Vec<&[u32]> = sources.iter().map(|s| s.as_slice()).collect();
+    let src = paragen_data::batch::pad_to_tensor(&slices, special.pad, &device);
+    let encoded = model.encode(src);
+    let src_lens: Vec<usize> = sources.iter().map(|s| s.len()).collect();
+    let lengths = model.predict_lengths(&encoded, &src_lens, options.length_beam);
+    let beam = lengths[0].len();
+    // Row `i * beam + j` decodes sentence `i` at its `j`-th length candidate.
+    let rows: Vec<usize> = (0..sources.len() * beam).collect();
+    let row_lengths: Vec<usize> = rows.iter().map(|&r| lengths[r / beam][r % beam]).collect();
+    let expand: Vec<i64> = rows.iter().map(|&r| (r / beam) as i64).collect();
+    let expand = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(expand, [rows.len()]).convert::<B::IntElem>(),
+        &device,
+    );
+    let encoded = EncoderOutput {
+        memory: encoded.memory.select(0, expand.clone()),
+        src_mask: encoded.src_mask.select(0, expand),
+    };
+    let width = row_lengths.iter().copied().max().unwrap_or(1);
+    let mut tokens: Vec<Vec<u32>> = row_lengths.iter().map(|&n| vec![special.mask; n]).collect();
+    let mut probs: Vec<Vec<f32>> = row_lengths.iter().map(|&n| vec![0.0; n]).collect();
+    let iterations = options.iterations.max(1);
+    for it in 0..iterations {
+        let input: Vec<&[u32]> = tokens.iter().map(|t| t.as_slice()).collect();
+        let tgt = paragen_data::batch::pad_to_tensor(&input, special.pad, &device);
+        let log_probs = model.decode(&encoded, tgt);
+        let (best, ids) = log_probs.max_dim_with_indices(2);
+        let best: Vec<f32> = best.into_data().iter::<f32>().collect();
+        let ids = rows_to_vec(ids);
+        for r in 0..rows.len() {
+            for j in 0..row_lengths[r] {
+                // Only masked positions are re-predicted (all of them in the first pass).
+                if tokens[r][j] == special.mask {
+                    tokens[r][j] = ids[r * width + j] as u32;
+                    probs[r][j] = best[r * width + j];
+                }
+            }
+        }
+        if it + 1 < iterations {
+            // Re-mask the n least confident tokens, n shrinking linearly to zero.
+            for r in 0..rows.len() {
+                let n = row_lengths[r] * (iterations - 1 - it) / iterations;
+                let mut order: Vec<usize> = (0..row_lengths[r]).collect();
+                order.sort_by(|&a, &b| probs[r][a].total_cmp(&probs[r][b]));
+                for &j in order.iter().take(n) {
+                    tokens[r][j] = special.mask;
+                }
+            }
+        }
+    }
+    Ok((0..sources.len())
+        .map(|i| {
+            (0..beam)
+                .map(|j| {
+                    let r = i * beam + j;
+                    let score = probs[r].iter().sum::<f32>() / row_lengths[r].max(1) as f32;
+                    let kept = tokens[r]
+                        .iter()
+                        .copied()
+                        .filter(|&t| {
+                            t != special.eos
+                                && t != special.pad
+                                && t != special.bos
+                                && t != special.mask
+                        })
+                        .collect();
+                    NatCandidate {
+                        tokens: kept,
+                        score,
+                    }
+                })
+                .collect()
+        })
+        .collect())
+}
+
+/// The candidate with the best average log-probability.
+pub fn best_candidate(candidates: &[NatCandidate]) -> Vec<u32> {
+    candidates
+        .iter()
+        .max_by(|a, b| a.score.total_cmp(&b.score))
+        .map(|c| c.tokens.clone())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paragen_backend::TestBackend;
+    use paragen_data::SpecialTokens;
+
+    type B = TestBackend;
+
+    fn student(seed: u64) -> NatStudent<B> {
+        B::seed(&Default::default(), seed);
+        let special = SpecialTokens {
+            pad: 0,
+            bos: 1,
+            eos: 2,
+            unk: 3,
+            mask: 4,
+        };
+        NatStudent::new(
+            &NatConfig::new(TransformerConfig::tiny(24, special)),
+            &Default::default(),
+        )
+        .unwrap()
+    }
+
+    fn pad(rows: &[&[u32]]) -> Tensor<B, 2, Int> {
+        paragen_data::batch::pad_to_tensor::<B>(rows, 0, &Default::default())
+    }
+
+    #[test]
+    fn length_logits_have_one_class_per_offset_and_ignore_padding() {
+        let m = student(0);
+        let short = m.length_logits(&m.encode(pad(&[&[5, 6, 7]])));
+        assert_eq!(short.dims(), [1, 65]);
+        let padded = m.length_logits(&m.encode(pad(&[&[5, 6, 7, 0, 0]])));
+        short
+            .into_data()
+            .assert_approx_eq::<f32>(&padded.into_data(), burn::tensor::Tolerance::default());
+        assert_eq!(
+            m.length_targets(&[10, 10, 10], &[12, 100, 1]),
+            vec![34, 64, 23]
+        );
+    }
+
+    #[test]
+    fn predicted_lengths_are_distinct_and_positive() {
+        let m = student(1);
+        let sources: Vec<Vec<u32>> = vec![vec![5, 6, 7], vec![8]];
+        let slices: Vec<&[u32]> = sources.iter().map(|s| s.as_slice()).collect();
+        let lengths = m.predict_lengths(&m.encode(pad(&slices)), &[3, 1], 3);
+        for l in &lengths {
+            assert_eq!(l.len(), 3);
+            assert!(l.iter().all(|&n| n >= 1));
+            assert!(
+                l[0] != l[1] && l[1] != l[2] && l[0] != l[2] || l.contains(&1),
+                "{l:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_iteration_of_mask_predict_is_the_one_pass_argmax() {
+        let m = student(2);
+        let sources = vec![vec![5, 6, 7, 8], vec![9, 10]];
+        let decoded = nat_decode(
+            &m,
+            &sources,
+            NatDecoding {
+                length_beam: 1,
+                iterations: 1,
+            },
+        )
+        .unwrap();
+        let slices: Vec<&[u32]> = sources.iter().map(|s| s.as_slice()).collect();
+        let encoded = m.encode(pad(&slices));
+        let lengths: Vec<usize> = m
+            .predict_lengths(&encoded, &[4, 2], 1)
+            .into_iter()
+            .map(|l| l[0])
+            .collect();
+        let input = all_mask_input::<B>(&lengths, 4, 0, &Default::default());
+        let ids: Vec<i64> = m
+            .decode(&encoded, input)
+            .argmax(2)
+            .into_data()
+            .iter::<i64>()
+            .collect();
+        let width = lengths.iter().copied().max().unwrap();
+        for (i, candidates) in decoded.iter().enumerate() {
+            let expect: Vec<u32> = ids[i * width..i * width + lengths[i]]
+                .iter()
+                .map(|&t| t as u32)
+                .filter(|&t| t > 4)
+                .collect();
+            assert_eq!(candidates[0].tokens, expect);
+        }
+    }
+
+    #[test]
+    fn more_iterations_keep_the_length_and_a_finite_score() {
+        let m = student(3);
+        let sources = vec![vec![5, 6, 7, 8, 9, 10]];
+        for iterations in [1, 2, 4, 10] {
+            let out = nat_decode(
+                &m,
+                &sources,
+                NatDecoding {
+                    length_beam: 2,
+                    iterations,
+                },
+            )
+            .unwrap();
+            assert_eq!(out[0].len(), 2);
+            assert!(out[0].iter().all(|c| c.score.is_finite() && c.score <= 0.0));
+        }
+    }
+
+    #[test]
+    fn cmlm_masks_hide_between_one_and_all_positions() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let masks = sample_cmlm_masks(&[1, 5, 9], &mut rng);
+        for (m, n) in masks.iter().zip([1, 5, 9]) {
+            let hidden = m.iter().filter(|&&h| h).count();
+            assert_eq!(m.len(), n);
+            assert!((1..=n).contains(&hidden));
+        }
+    }
+
+    #[test]
+    fn cmlm_loss_is_finite_and_positive() {
+        let m = student(4);
+        let targets = vec![vec![5, 6, 7], vec![8, 9]];
+        let masks = vec![vec![true, false, true], vec![false, true]];
+        let loss = m.cmlm_loss(
+            pad(&[&[10, 11], &[12, 13, 14]]),
+            &[2, 3],
+            &targets,
+            &masks,
+            0.1,
+        );
+        let value = loss.into_scalar();
+        assert!(value.is_finite() && value > 0.0, "{value}");
+    }
 }
