@@ -13,13 +13,7 @@ pub type BenchBackend = burn::backend::Flex<f32>;
 
 /// Special-token ids of a paragen tokenizer.
 pub fn special() -> SpecialTokens {
-    SpecialTokens {
-        pad: 0,
-        bos: 1,
-        eos: 2,
-        unk: 3,
-        mask: 4,
-    }
+    SpecialTokens::trained()
 }
 
 /// A quick-preset teacher with seeded random weights (8,000-token vocabulary).

@@ -109,7 +109,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         run_criterion(&root, args.quick)?
     };
     let (time_sentences, runs_per_batch) = if args.quick {
-        ("16", "1")
+        ("16", "3")
     } else {
         ("100", "5")
     };

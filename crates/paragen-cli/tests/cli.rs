@@ -4,12 +4,17 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn paragen(args: &[&str]) -> Output {
+/// Runs `paragen` with exactly these arguments.
+fn paragen_raw(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_paragen"))
-        .args(["--quiet", "--backend", "ndarray"])
         .args(args)
         .output()
         .expect("paragen runs")
+}
+
+/// Runs `paragen` quietly on the ndarray backend.
+fn paragen(args: &[&str]) -> Output {
+    paragen_raw(&[&["--quiet", "--backend", "ndarray"], args].concat())
 }
 
 fn stderr(out: &Output) -> String {
@@ -31,10 +36,7 @@ fn corpus_slice(dir: &Path, n: usize) -> PathBuf {
 
 #[test]
 fn unknown_backend_is_a_clear_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_paragen"))
-        .args(["--backend", "tpu", "eval"])
-        .output()
-        .unwrap();
+    let out = paragen_raw(&["--backend", "tpu", "eval"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("unknown backend `tpu`"),
@@ -45,10 +47,7 @@ fn unknown_backend_is_a_clear_error() {
 
 #[test]
 fn backend_not_compiled_in_names_the_feature() {
-    let out = Command::new(env!("CARGO_BIN_EXE_paragen"))
-        .args(["--backend", "cuda", "eval"])
-        .output()
-        .unwrap();
+    let out = paragen_raw(&["--backend", "cuda", "eval"]);
     if !cfg!(feature = "cuda") {
         assert!(stderr(&out).contains("--features cuda"), "{}", stderr(&out));
     }

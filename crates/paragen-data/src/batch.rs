@@ -196,13 +196,7 @@ mod tests {
 
     #[test]
     fn batch_tensors_have_bos_eos_and_padding() {
-        let special = SpecialTokens {
-            pad: 0,
-            bos: 1,
-            eos: 2,
-            unk: 3,
-            mask: 4,
-        };
+        let special = SpecialTokens::trained();
         let a = Example {
             src: vec![5, 6, 7],
             tgt: vec![9],

@@ -45,6 +45,19 @@ pub struct SpecialTokens {
 
 const SPECIALS: [&str; 5] = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"];
 
+impl SpecialTokens {
+    /// The ids [`Tokenizer::train`] always assigns: the specials come first, in order.
+    pub const fn trained() -> Self {
+        Self {
+            pad: 0,
+            bos: 1,
+            eos: 2,
+            unk: 3,
+            mask: 4,
+        }
+    }
+}
+
 /// A trained BPE tokenizer plus the ids of its special tokens.
 #[derive(Clone)]
 pub struct Tokenizer {

@@ -345,13 +345,7 @@ mod tests {
 
     fn model_on<BB: Backend>(seed: u64) -> Transformer<BB> {
         BB::seed(&Default::default(), seed);
-        let special = SpecialTokens {
-            pad: 0,
-            bos: 1,
-            eos: 2,
-            unk: 3,
-            mask: 4,
-        };
+        let special = SpecialTokens::trained();
         Transformer::new(&TransformerConfig::tiny(24, special), &Default::default()).unwrap()
     }
 

@@ -454,13 +454,7 @@ mod tests {
 
     fn student(seed: u64) -> NatStudent<B> {
         B::seed(&Default::default(), seed);
-        let special = SpecialTokens {
-            pad: 0,
-            bos: 1,
-            eos: 2,
-            unk: 3,
-            mask: 4,
-        };
+        let special = SpecialTokens::trained();
         NatStudent::new(
             &NatConfig::new(TransformerConfig::tiny(24, special)),
             &Default::default(),

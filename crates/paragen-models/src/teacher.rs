@@ -268,13 +268,7 @@ mod tests {
     type B = TestBackend;
 
     pub(crate) fn special() -> SpecialTokens {
-        SpecialTokens {
-            pad: 0,
-            bos: 1,
-            eos: 2,
-            unk: 3,
-            mask: 4,
-        }
+        SpecialTokens::trained()
     }
 
     fn ints(rows: &[&[i64]]) -> Tensor<B, 2, Int> {

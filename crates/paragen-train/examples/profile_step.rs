@@ -13,13 +13,7 @@ use paragen_data::SpecialTokens;
 use paragen_models::{Transformer, TransformerConfig};
 
 fn profile<B: AutodiffBackend>(name: &str, device: B::Device) {
-    let special = SpecialTokens {
-        pad: 0,
-        bos: 1,
-        eos: 2,
-        unk: 3,
-        mask: 4,
-    };
+    let special = SpecialTokens::trained();
     let config = TransformerConfig {
         dropout: std::env::var("DROPOUT")
             .map(|d| d.parse().unwrap())

@@ -301,13 +301,7 @@ mod tests {
     type B = TestBackend;
 
     fn special() -> SpecialTokens {
-        SpecialTokens {
-            pad: 0,
-            bos: 1,
-            eos: 2,
-            unk: 3,
-            mask: 4,
-        }
+        SpecialTokens::trained()
     }
 
     fn saved_run() -> (tempfile::TempDir, RunDir, Transformer<B>) {
