@@ -273,7 +273,7 @@ fn build_quick_models(
 }
 
 fn run_criterion(root: &Path, quick: bool) -> anyhow::Result<Vec<CriterionResult>> {
-    let mut args = vec!["bench", "-p", "paragen-benches", "--"];
+    let mut args = vec!["bench", "-p", "paragen-benches", "--bench", "teacher", "--"];
     if quick {
         args.extend([
             "--warm-up-time",
