@@ -11,15 +11,14 @@ use paragen_models::{Transformer, TransformerConfig};
 /// The CPU backend the benchmarks measure (the default CPU backend of paragen).
 pub type BenchBackend = burn::backend::Flex<f32>;
 
-/// Special-token ids of a paragen tokenizer.
-pub fn special() -> SpecialTokens {
-    SpecialTokens::trained()
-}
-
 /// A quick-preset teacher with seeded random weights (8,000-token vocabulary).
 pub fn quick_teacher<B: Backend>(device: &B::Device) -> Transformer<B> {
     B::seed(device, 0);
-    Transformer::new(&TransformerConfig::quick(8000, special()), device).expect("valid config")
+    Transformer::new(
+        &TransformerConfig::quick(8000, SpecialTokens::trained()),
+        device,
+    )
+    .expect("valid config")
 }
 
 /// `batch` sources of `len` tokens each, spread over the vocabulary.

@@ -92,7 +92,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     cargo(&root, &["build", "--release", "-p", "paragen-cli"])?;
     let paragen = root.join("target/release/paragen");
     let models_dir = root.join(&args.models);
-    let mut runs = find_runs(&models_dir);
+    let mut runs = find_runs(&models_dir, 2);
     if runs.is_empty() {
         if !args.build_models {
             bail!(
@@ -101,7 +101,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             );
         }
         build_quick_models(&paragen, &models_dir, args.train_minutes)?;
-        runs = find_runs(&models_dir);
+        runs = find_runs(&models_dir, 2);
     }
     let criterion = if args.skip_criterion {
         Vec::new()
@@ -188,11 +188,11 @@ fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Run directories (with `run.json` and `model.mpk`) at most two levels below `dir`.
-fn find_runs(dir: &Path) -> Vec<PathBuf> {
-    let mut runs = Vec::new();
+/// Run directories (with `run.json` and `model.mpk`) at most `depth` levels below `dir`,
+/// in path order.
+fn find_runs(dir: &Path, depth: usize) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return runs;
+        return Vec::new();
     };
     let mut entries: Vec<PathBuf> = entries
         .flatten()
@@ -200,26 +200,14 @@ fn find_runs(dir: &Path) -> Vec<PathBuf> {
         .filter(|p| p.is_dir())
         .collect();
     entries.sort();
+    let mut runs = Vec::new();
     for path in entries {
         if path.join("run.json").exists() && path.join("model.mpk").exists() {
             runs.push(path);
-        } else {
-            runs.extend(find_runs_flat(&path));
+        } else if depth > 1 {
+            runs.extend(find_runs(&path, depth - 1));
         }
     }
-    runs
-}
-
-fn find_runs_flat(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut runs: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join("run.json").exists() && p.join("model.mpk").exists())
-        .collect();
-    runs.sort();
     runs
 }
 

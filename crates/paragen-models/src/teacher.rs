@@ -267,33 +267,37 @@ mod tests {
 
     type B = TestBackend;
 
-    pub(crate) fn special() -> SpecialTokens {
-        SpecialTokens::trained()
+    fn ints(rows: &[&[i64]]) -> Tensor<B, 2, Int> {
+        ints_on::<B>(rows)
     }
 
-    fn ints(rows: &[&[i64]]) -> Tensor<B, 2, Int> {
+    fn ints_on<BB: Backend>(rows: &[&[i64]]) -> Tensor<BB, 2, Int> {
         let width = rows[0].len();
         let flat: Vec<i64> = rows.iter().flat_map(|r| r.iter().copied()).collect();
         Tensor::from_data(
-            burn::tensor::TensorData::new(flat, [rows.len(), width]),
+            burn::tensor::TensorData::new(flat, [rows.len(), width]).convert::<BB::IntElem>(),
             &Default::default(),
         )
     }
 
     #[test]
     fn forward_shapes() {
-        let model =
-            Transformer::<B>::new(&TransformerConfig::tiny(20, special()), &Default::default())
-                .unwrap();
+        let model = Transformer::<B>::new(
+            &TransformerConfig::tiny(20, SpecialTokens::trained()),
+            &Default::default(),
+        )
+        .unwrap();
         let logits = model.forward(ints(&[&[5, 6, 7], &[8, 0, 0]]), ints(&[&[1, 9], &[1, 10]]));
         assert_eq!(logits.dims(), [2, 2, 20]);
     }
 
     #[test]
     fn padding_of_the_source_does_not_change_the_output() {
-        let model =
-            Transformer::<B>::new(&TransformerConfig::tiny(20, special()), &Default::default())
-                .unwrap();
+        let model = Transformer::<B>::new(
+            &TransformerConfig::tiny(20, SpecialTokens::trained()),
+            &Default::default(),
+        )
+        .unwrap();
         let short = model.forward(ints(&[&[5, 6]]), ints(&[&[1, 9, 10]]));
         let padded = model.forward(ints(&[&[5, 6, 0, 0]]), ints(&[&[1, 9, 10]]));
         short
@@ -303,14 +307,19 @@ mod tests {
 
     #[test]
     fn cached_steps_equal_the_full_decoder() {
+        cached_steps_equal_the_full_decoder_on::<B>();
+        cached_steps_equal_the_full_decoder_on::<paragen_backend::FlexTestBackend>();
+    }
+
+    fn cached_steps_equal_the_full_decoder_on<BB: Backend>() {
         for positions in [PositionKind::Sinusoidal, PositionKind::Learned] {
             let config = TransformerConfig {
                 positions,
-                ..TransformerConfig::tiny(20, special())
+                ..TransformerConfig::tiny(20, SpecialTokens::trained())
             };
-            let model = Transformer::<B>::new(&config, &Default::default()).unwrap();
-            let src = ints(&[&[5, 6, 7], &[8, 9, 0]]);
-            let tgt = ints(&[&[1, 11, 12, 13], &[1, 14, 15, 16]]);
+            let model = Transformer::<BB>::new(&config, &Default::default()).unwrap();
+            let src = ints_on::<BB>(&[&[5, 6, 7], &[8, 9, 0]]);
+            let tgt = ints_on::<BB>(&[&[1, 11, 12, 13], &[1, 14, 15, 16]]);
             let encoded = model.encode(src);
             let full = model.decode(&encoded, tgt.clone());
             let mut state = model.start_decoding(&encoded);
@@ -331,9 +340,11 @@ mod tests {
 
     #[test]
     fn a_clone_has_the_same_weights_as_the_original() {
-        let model =
-            Transformer::<B>::new(&TransformerConfig::tiny(20, special()), &Default::default())
-                .unwrap();
+        let model = Transformer::<B>::new(
+            &TransformerConfig::tiny(20, SpecialTokens::trained()),
+            &Default::default(),
+        )
+        .unwrap();
         let copy = model.clone();
         let src = ints(&[&[5, 6, 7]]);
         let tgt = ints(&[&[1, 9]]);
@@ -347,15 +358,17 @@ mod tests {
     fn rejects_bad_configs_and_lengths() {
         let bad = TransformerConfig {
             n_heads: 3,
-            ..TransformerConfig::tiny(20, special())
+            ..TransformerConfig::tiny(20, SpecialTokens::trained())
         };
         assert!(matches!(
             Transformer::<B>::new(&bad, &Default::default()),
             Err(ModelError::Config(_))
         ));
-        let model =
-            Transformer::<B>::new(&TransformerConfig::tiny(20, special()), &Default::default())
-                .unwrap();
+        let model = Transformer::<B>::new(
+            &TransformerConfig::tiny(20, SpecialTokens::trained()),
+            &Default::default(),
+        )
+        .unwrap();
         assert_eq!(
             model.check_source_lengths(&[3, 0]),
             Err(ModelError::Empty { index: 1 })

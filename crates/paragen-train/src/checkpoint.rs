@@ -300,14 +300,10 @@ mod tests {
 
     type B = TestBackend;
 
-    fn special() -> SpecialTokens {
-        SpecialTokens::trained()
-    }
-
     fn saved_run() -> (tempfile::TempDir, RunDir, Transformer<B>) {
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir::new(dir.path());
-        let config = test_config(30, special());
+        let config = test_config(30, SpecialTokens::trained());
         let model = Transformer::<B>::new(&config.model, &Default::default()).unwrap();
         run.save_config(&config).unwrap();
         run.save_module::<B, _>("model.mpk", &model).unwrap();
