@@ -9,11 +9,12 @@ use std::path::Path;
 use anyhow::{Context, bail};
 
 /// The layers, lowest first. A crate may depend only on crates before it.
-pub const LAYERS: [&str; 5] = [
+pub const LAYERS: [&str; 6] = [
     "paragen-backend",
     "paragen-data",
     "paragen-models",
     "paragen-train",
+    "paragen-compress",
     "paragen-cli",
 ];
 

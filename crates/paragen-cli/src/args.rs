@@ -9,14 +9,20 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     name = "paragen",
     version,
     about = "Fast text generation: train an autoregressive Transformer teacher on parallel text, \
-             then translate and evaluate it (BLEU and chrF as sacrebleu computes them).",
+             distill it into a non-autoregressive student that writes every token at once, \
+             then translate and evaluate (BLEU and chrF as sacrebleu computes them).",
     after_help = "Quick start on the shipped English-French corpus:\n  \
                   paragen pipeline --preset quick\n\n\
                   Step by step:\n  \
                   paragen prepare --out work/data\n  \
                   paragen train-teacher --data work/data --out work/teacher --preset quick\n  \
                   paragen eval --model work/teacher\n  \
-                  echo 'God is love.' | paragen translate --model work/teacher --beam 4"
+                  echo 'God is love.' | paragen translate --model work/teacher --beam 4\n\n\
+                  Distill into a NAT student:\n  \
+                  paragen distill --teacher work/teacher --out work/distilled\n  \
+                  paragen train-student --kind nat --data work/distilled --teacher work/teacher \\\n      \
+                  --init-from-teacher --out work/nat\n  \
+                  paragen eval --model work/nat --iterations 4 --length-beam 3"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -52,6 +58,11 @@ pub enum Command {
     Prepare(PrepareArgs),
     /// Train the autoregressive Transformer teacher.
     TrainTeacher(TrainArgs),
+    /// Decode the training split with the teacher (sequence-level KD) into a new
+    /// prepared-data directory for students; resumable.
+    Distill(DistillArgs),
+    /// Train a student (NAT or shallow-decoder AR) on distilled data.
+    TrainStudent(TrainStudentArgs),
     /// Translate sentences (one per line) from a file or stdin to stdout.
     Translate(TranslateArgs),
     /// Translate a split of the prepared data and print BLEU and chrF.
@@ -112,6 +123,13 @@ pub struct TrainArgs {
     pub out: PathBuf,
     #[arg(long, value_enum, default_value_t = Preset::Quick)]
     pub preset: Preset,
+    #[command(flatten)]
+    pub run: RunOverrides,
+}
+
+/// Options every training command shares: resuming and overriding the preset.
+#[derive(Args, Clone, Default)]
+pub struct RunOverrides {
     /// Continue the run in --out (weights, optimizer and schedule state) instead of
     /// starting over.
     #[arg(long)]
@@ -128,9 +146,75 @@ pub struct TrainArgs {
     /// Override the preset's peak learning rate.
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Random seed (weights, batch order, dropout).
+    /// Random seed (weights, batch order, masks, dropout).
     #[arg(long)]
     pub seed: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StudentKind {
+    /// Non-autoregressive: predicts the length, then every token at once (CMLM decoder;
+    /// glancing training by default).
+    Nat,
+    /// Autoregressive with a deep encoder and a one-layer decoder (Kasai et al. 2021),
+    /// trained with word-level KD: the strongest cheap AR baseline.
+    ArShallow,
+}
+
+#[derive(Args, Clone)]
+pub struct TrainStudentArgs {
+    #[arg(long, value_enum)]
+    pub kind: StudentKind,
+    /// Prepared data to train on: normally the output of `paragen distill`; the raw
+    /// prepared corpus trains a student without sequence-level KD.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Run directory for checkpoints, config and metrics.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Teacher run directory: needed for word-level KD (--kd-weight > 0) and
+    /// --init-from-teacher.
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Preset::Quick)]
+    pub preset: Preset,
+    /// NAT: share of the first pass's wrong tokens revealed in glancing training
+    /// (Qian et al. 2021); 0 trains with plain CMLM masking instead.
+    #[arg(long, default_value_t = 0.5)]
+    pub glance_ratio: f64,
+    /// AR student: weight of the word-level KD term (0 to 1; 0 is plain cross-entropy).
+    #[arg(long, default_value_t = 0.5)]
+    pub kd_weight: f64,
+    /// AR student: softmax temperature of word-level KD.
+    #[arg(long, default_value_t = 1.0)]
+    pub kd_temperature: f64,
+    /// NAT: start from the teacher's embedding and encoder (shapes must match).
+    #[arg(long, requires = "teacher")]
+    pub init_from_teacher: bool,
+    #[command(flatten)]
+    pub run: RunOverrides,
+}
+
+#[derive(Args, Clone)]
+pub struct DistillArgs {
+    /// Teacher run directory.
+    #[arg(long, default_value = "work/teacher")]
+    pub teacher: PathBuf,
+    /// Prepared data whose training split is distilled (default: the teacher's).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Output directory, a prepared-data directory (default: `<teacher>-distilled`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Teacher beam size (Kim & Rush 2016 use 5); 1 is greedy, 3-4x faster.
+    #[arg(long, default_value_t = 4)]
+    pub beam: usize,
+    /// Sentences decoded together.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Distill only the first N training pairs.
+    #[arg(long)]
+    pub limit: Option<usize>,
 }
 
 #[derive(Args, Clone)]
@@ -149,6 +233,32 @@ pub struct DecodeArgs {
     /// Sentences decoded together.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
+    /// NAT: mask-predict passes (1: one parallel pass).
+    #[arg(long, default_value_t = 1)]
+    pub iterations: usize,
+    /// NAT: target lengths tried per sentence, decoded in parallel.
+    #[arg(long, default_value_t = 1)]
+    pub length_beam: usize,
+    /// NAT: pick among the length-beam candidates with this AR model's score (noisy
+    /// parallel decoding) instead of the student's own.
+    #[arg(long)]
+    pub rescore_with: Option<PathBuf>,
+    /// NAT: keep neighbouring repeated tokens instead of merging them.
+    #[arg(long)]
+    pub keep_repeats: bool,
+}
+
+/// Parses nothing but `T`, so that code which needs `T` with its defaults (the
+/// pipeline) takes them from the clap attributes instead of repeating them.
+#[derive(Parser)]
+struct Only<T: Args> {
+    #[command(flatten)]
+    args: T,
+}
+
+/// `T` as the command line gives it when no flag is passed.
+pub fn defaults<T: Args>() -> T {
+    Only::<T>::parse_from(["paragen"]).args
 }
 
 #[derive(Args, Clone)]

@@ -4,19 +4,25 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 
 use anyhow::{Context, bail};
+use burn::module::AutodiffModule;
+use burn::prelude::Backend;
 use burn::tensor::backend::AutodiffBackend;
 use paragen_backend::{BackendTask, DeviceSpec, run_on, set_cpu_threads};
+use paragen_compress::distill::{DistillOptions, WordKd, default_output, distill_corpus};
 use paragen_data::{CorpusSource, MalformedLines, PreparedData, Split, SplitConfig};
+use paragen_models::nat::{NatDecoding, NatStudent};
 use paragen_models::{BeamOptions, LengthLimit, Transformer, TransformerConfig};
-use paragen_train::checkpoint::ModelKind;
+use paragen_train::checkpoint::{ModelKind, StudentConfig};
+use paragen_train::objective::{Glancing, Objective, OwnLoss, SeqModel};
 use paragen_train::trainer::TrainData;
 use paragen_train::{
-    Decoding, EvalReport, RunConfig, RunDir, TrainConfig, evaluate, translate_texts,
+    Decoding, EvalReport, Model, RunConfig, RunDir, TrainConfig, Translator, evaluate,
+    translate_texts,
 };
 
 use crate::args::{
-    Cli, Command, DecodeArgs, EvalArgs, PipelineArgs, PrepareArgs, Preset, ProfileArgs, TrainArgs,
-    TranslateArgs,
+    Cli, Command, DecodeArgs, DistillArgs, EvalArgs, PipelineArgs, PrepareArgs, Preset,
+    ProfileArgs, RunOverrides, StudentKind, TrainArgs, TrainStudentArgs, TranslateArgs, defaults,
 };
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -27,6 +33,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Prepare(args) => prepare(&args),
         Command::TrainTeacher(args) => run_on(spec, TrainTeacher(args))?,
+        Command::Distill(args) => run_on(spec, Distill(args))?,
+        Command::TrainStudent(args) => run_on(spec, TrainStudent(args))?,
         Command::Translate(args) => run_on(spec, Translate(args))?,
         Command::Eval(args) => run_on(spec, Eval(args))?,
         Command::Pipeline(args) => pipeline(spec, &args),
@@ -106,84 +114,108 @@ fn preset_configs(
     }
 }
 
-struct TrainTeacher(TrainArgs);
-
-impl BackendTask for TrainTeacher {
-    type Output = anyhow::Result<()>;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        train_teacher::<B>(&self.0, &device)
+/// Shapes and schedule of a student: the preset's, with the decoder reshaped for the
+/// kind. A NAT gets as many decoder layers as encoder layers (one pass has to do the
+/// work of many steps); the AR student moves all but one decoder layer to the encoder
+/// (Kasai et al. 2021), keeping the layer count of the teacher preset.
+fn student_configs(
+    kind: StudentKind,
+    preset: Preset,
+    vocab: usize,
+    special: paragen_data::SpecialTokens,
+) -> (&'static str, TransformerConfig, TrainConfig) {
+    let (name, mut model, train) = preset_configs(preset, vocab, special);
+    match kind {
+        StudentKind::Nat => model.decoder_layers = model.encoder_layers,
+        StudentKind::ArShallow => {
+            model.encoder_layers += model.decoder_layers - 1;
+            model.decoder_layers = 1;
+        }
     }
+    (name, model, train)
 }
 
-fn train_teacher<B: AutodiffBackend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<()> {
-    let run = RunDir::new(&args.out);
-    let mut config = if args.resume {
+/// Opens `out` for training: the saved config when resuming, else the one `fresh`
+/// makes; applies the command-line overrides either way.
+fn open_run(
+    out: &Path,
+    overrides: &RunOverrides,
+    fresh: impl FnOnce() -> anyhow::Result<RunConfig>,
+) -> anyhow::Result<(RunDir, RunConfig)> {
+    let run = RunDir::new(out);
+    let mut config = if overrides.resume {
         run.load_config()
             .context("--resume needs an existing run")?
     } else {
         if run.path("run.json").exists() {
             bail!(
                 "{} already holds a run; pass --resume to continue it or choose another --out",
-                args.out.display()
+                out.display()
             );
         }
-        let prepared = PreparedData::new(&args.data);
-        let tokenizer = prepared.tokenizer()?;
-        let (name, model, train) =
-            preset_configs(args.preset, tokenizer.vocab_size(), tokenizer.special());
-        RunConfig {
-            kind: ModelKind::Ar,
-            preset: name.to_string(),
-            model,
-            train,
-            data_dir: args.data.clone(),
-            paragen_version: env!("CARGO_PKG_VERSION").to_string(),
-        }
+        fresh()?
     };
-    if let Some(epochs) = args.epochs {
-        config.train.max_epochs = epochs;
+    let train = &mut config.train;
+    if let Some(epochs) = overrides.epochs {
+        train.max_epochs = epochs;
     }
-    if let Some(minutes) = args.max_minutes {
-        config.train.max_minutes = (minutes > 0.0).then_some(minutes);
+    if let Some(minutes) = overrides.max_minutes {
+        train.max_minutes = (minutes > 0.0).then_some(minutes);
     }
-    if let Some(tokens) = args.max_tokens {
-        config.train.max_tokens = tokens;
+    if let Some(tokens) = overrides.max_tokens {
+        train.max_tokens = tokens;
     }
-    if let Some(lr) = args.lr {
-        config.train.peak_lr = lr;
+    if let Some(lr) = overrides.lr {
+        train.peak_lr = lr;
     }
-    if let Some(seed) = args.seed {
-        config.train.seed = seed;
+    if let Some(seed) = overrides.seed {
+        train.seed = seed;
     }
+    Ok((run, config))
+}
+
+/// Saves the run's config (and tokenizer, for a new run), trains, prints a summary.
+fn train_and_report<B, M>(
+    run: &RunDir,
+    config: &RunConfig,
+    model: M,
+    objective: &dyn Objective<B, M>,
+    resume: bool,
+    device: &B::Device,
+) -> anyhow::Result<()>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + SeqModel<B>,
+    M::InnerModule: SeqModel<B::InnerBackend>,
+{
     let prepared = PreparedData::new(&config.data_dir);
-    let tokenizer = if args.resume {
+    let tokenizer = if resume {
         run.load_tokenizer()?
     } else {
-        prepared.tokenizer()?
-    };
-    B::seed(device, config.train.seed);
-    let model = Transformer::<B>::new(&config.model, device)?;
-    run.save_config(&config)?;
-    if !args.resume {
+        let tokenizer = prepared.tokenizer()?;
         run.save_tokenizer(&tokenizer)?;
-    }
+        tokenizer
+    };
+    run.save_config(config)?;
     tracing::info!(
-        "training a {} teacher: {} parameters, {}+{} layers, d_model {}; run directory {}",
+        "training a {} {} model: {} parameters, {}+{} layers, d_model {}; run directory {}",
         config.preset,
-        model.param_count(),
+        config.kind.name(),
+        model.num_params(),
         config.model.encoder_layers,
         config.model.decoder_layers,
         config.model.d_model,
-        args.out.display()
+        run.root().display()
     );
     let data = TrainData::from_prepared(&prepared, &tokenizer)?;
     let summary = paragen_train::train(
-        &run,
+        run,
         &config.train,
         &tokenizer,
         &data,
         model,
-        args.resume,
+        objective,
+        resume,
         device,
     )?;
     println!(
@@ -203,23 +235,264 @@ fn train_teacher<B: AutodiffBackend>(args: &TrainArgs, device: &B::Device) -> an
     Ok(())
 }
 
-fn decoding(args: &DecodeArgs) -> anyhow::Result<Decoding> {
-    if args.beam == 0 {
-        bail!("--beam must be at least 1");
+struct TrainTeacher(TrainArgs);
+
+impl BackendTask for TrainTeacher {
+    type Output = anyhow::Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        let args = self.0;
+        let (run, config) = open_run(&args.out, &args.run, || {
+            let tokenizer = PreparedData::new(&args.data).tokenizer()?;
+            let (name, model, train) =
+                preset_configs(args.preset, tokenizer.vocab_size(), tokenizer.special());
+            Ok(RunConfig {
+                kind: ModelKind::Ar,
+                preset: name.to_string(),
+                model,
+                train,
+                student: None,
+                data_dir: args.data.clone(),
+                paragen_version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+        })?;
+        B::seed(&device, config.train.seed);
+        let model = Transformer::<B>::new(&config.model, &device)?;
+        let objective = OwnLoss {
+            label_smoothing: config.train.label_smoothing,
+        };
+        train_and_report(&run, &config, model, &objective, args.run.resume, &device)
+    }
+}
+
+struct TrainStudent(TrainStudentArgs);
+
+impl BackendTask for TrainStudent {
+    type Output = anyhow::Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        let args = self.0;
+        if !(0.0..=1.0).contains(&args.glance_ratio) || !(0.0..=1.0).contains(&args.kd_weight) {
+            bail!("--glance-ratio and --kd-weight must be between 0 and 1");
+        }
+        if args.kd_temperature <= 0.0 {
+            bail!("--kd-temperature must be positive");
+        }
+        let (run, config) = open_run(&args.out, &args.run, || {
+            let tokenizer = PreparedData::new(&args.data).tokenizer()?;
+            let (name, model, train) = student_configs(
+                args.kind,
+                args.preset,
+                tokenizer.vocab_size(),
+                tokenizer.special(),
+            );
+            let nat = args.kind == StudentKind::Nat;
+            Ok(RunConfig {
+                kind: if nat {
+                    ModelKind::Nat
+                } else {
+                    ModelKind::ArShallow
+                },
+                preset: name.to_string(),
+                model,
+                train,
+                student: Some(StudentConfig {
+                    teacher: args.teacher.clone(),
+                    max_length_offset: 32,
+                    length_loss_weight: 0.1,
+                    glance_ratio: (nat && args.glance_ratio > 0.0).then_some(args.glance_ratio),
+                    kd_weight: if nat || args.teacher.is_none() {
+                        0.0
+                    } else {
+                        args.kd_weight
+                    },
+                    kd_temperature: args.kd_temperature,
+                    init_from_teacher: args.init_from_teacher,
+                }),
+                data_dir: args.data.clone(),
+                paragen_version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+        })?;
+        let student = config
+            .student
+            .clone()
+            .with_context(|| format!("{} is not a student run", args.out.display()))?;
+        let teacher = match &student.teacher {
+            Some(dir) => {
+                let (teacher_config, teacher) = RunDir::new(dir).load_transformer::<B>(&device)?;
+                if teacher_config.model.vocab_size != config.model.vocab_size {
+                    bail!(
+                        "the teacher in {} has a vocabulary of {}, the data in {} one of {}: \
+                         distill with this teacher first",
+                        dir.display(),
+                        teacher_config.model.vocab_size,
+                        config.data_dir.display(),
+                        config.model.vocab_size
+                    );
+                }
+                Some(teacher)
+            }
+            None => None,
+        };
+        let resume = args.run.resume;
+        let label_smoothing = config.train.label_smoothing;
+        B::seed(&device, config.train.seed);
+        match config.kind {
+            ModelKind::Nat => {
+                let mut model = NatStudent::<B>::new(&config.nat_config(), &device)?;
+                if student.init_from_teacher && !resume {
+                    let teacher = teacher
+                        .as_ref()
+                        .context("--init-from-teacher needs --teacher")?;
+                    model.init_encoder_from(teacher)?;
+                }
+                match student.glance_ratio {
+                    Some(ratio) => {
+                        let objective = Glancing {
+                            ratio,
+                            label_smoothing,
+                        };
+                        train_and_report(&run, &config, model, &objective, resume, &device)
+                    }
+                    None => {
+                        let objective = OwnLoss { label_smoothing };
+                        train_and_report(&run, &config, model, &objective, resume, &device)
+                    }
+                }
+            }
+            ModelKind::ArShallow | ModelKind::Ar => {
+                let model = Transformer::<B>::new(&config.model, &device)?;
+                match teacher.filter(|_| student.kd_weight > 0.0) {
+                    Some(teacher) => {
+                        let objective = WordKd::new(
+                            teacher,
+                            student.kd_temperature,
+                            student.kd_weight,
+                            label_smoothing,
+                        );
+                        train_and_report(&run, &config, model, &objective, resume, &device)
+                    }
+                    None => {
+                        let objective = OwnLoss { label_smoothing };
+                        train_and_report(&run, &config, model, &objective, resume, &device)
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Distill(DistillArgs);
+
+impl BackendTask for Distill {
+    type Output = anyhow::Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        distill::<B::InnerBackend>(&self.0, &device)
+    }
+}
+
+fn distill<B: Backend>(args: &DistillArgs, device: &B::Device) -> anyhow::Result<()> {
+    if args.beam == 0 || args.batch_size == 0 {
+        bail!("--beam and --batch-size must be at least 1");
+    }
+    let run = RunDir::new(&args.teacher);
+    let (config, teacher) = run.load_transformer::<B>(device)?;
+    let tokenizer = run.load_tokenizer()?;
+    let data = PreparedData::new(args.data.clone().unwrap_or(config.data_dir));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_output(&args.teacher));
+    let decoding = if args.beam == 1 {
+        Decoding::Greedy(LengthLimit::default())
+    } else {
+        Decoding::Beam(BeamOptions {
+            beam_size: args.beam,
+            ..Default::default()
+        })
+    };
+    let report = distill_corpus(
+        &teacher,
+        &args.teacher.display().to_string(),
+        &tokenizer,
+        &data,
+        &out,
+        &DistillOptions {
+            decoding,
+            batch_size: args.batch_size,
+            limit: args.limit,
+            chunk_sentences: 1024,
+        },
+    )?;
+    println!(
+        "distilled {} training pairs with {} ({:.1} min{}{}) into {}",
+        report.sentences,
+        report.decoding,
+        report.seconds / 60.0,
+        if report.resumed_from > 0 {
+            format!(", resumed after {}", report.resumed_from)
+        } else {
+            String::new()
+        },
+        if report.kept_reference > 0 {
+            format!(
+                "; {} kept their reference (empty teacher output)",
+                report.kept_reference
+            )
+        } else {
+            String::new()
+        },
+        out.display()
+    );
+    Ok(())
+}
+
+/// The decoding the flags ask for, checked against the model's kind, and the AR model
+/// that rescores NAT candidates when `--rescore-with` is given.
+fn decoding<B: Backend>(
+    args: &DecodeArgs,
+    model: &Model<B>,
+    device: &B::Device,
+) -> anyhow::Result<(Decoding, Option<Transformer<B>>)> {
+    if args.beam == 0 || args.iterations == 0 || args.length_beam == 0 || args.batch_size == 0 {
+        bail!("--beam, --iterations, --length-beam and --batch-size must be at least 1");
     }
     let limit = LengthLimit {
         ratio: args.max_len_ratio,
         extra: args.max_len_extra,
     };
-    Ok(if args.beam == 1 {
-        Decoding::Greedy(limit)
-    } else {
-        Decoding::Beam(BeamOptions {
-            beam_size: args.beam,
-            length_penalty: args.length_penalty,
-            limit,
-        })
-    })
+    match model {
+        Model::Ar(_) => {
+            if args.iterations > 1 || args.length_beam > 1 || args.rescore_with.is_some() {
+                bail!(
+                    "--iterations, --length-beam and --rescore-with apply to NAT models; use --beam for AR models"
+                );
+            }
+            let decoding = if args.beam == 1 {
+                Decoding::Greedy(limit)
+            } else {
+                Decoding::Beam(BeamOptions {
+                    beam_size: args.beam,
+                    length_penalty: args.length_penalty,
+                    limit,
+                })
+            };
+            Ok((decoding, None))
+        }
+        Model::Nat(_) => {
+            if args.beam > 1 {
+                bail!("--beam applies to AR models; a NAT takes --length-beam and --iterations");
+            }
+            let rescorer = match &args.rescore_with {
+                Some(dir) => Some(RunDir::new(dir).load_transformer::<B>(device)?.1),
+                None => None,
+            };
+            let decoding = Decoding::Nat(NatDecoding {
+                length_beam: args.length_beam,
+                iterations: args.iterations,
+                collapse_repeats: !args.keep_repeats,
+            });
+            Ok((decoding, rescorer))
+        }
+    }
 }
 
 struct Translate(TranslateArgs);
@@ -229,7 +502,13 @@ impl BackendTask for Translate {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let args = self.0;
         let run = RunDir::new(&args.model);
-        let (_, model) = run.load_transformer::<B::InnerBackend>(&device)?;
+        let (_, model) = run.load_model::<B::InnerBackend>(&device)?;
+        let (decoding, rescorer) = decoding(&args.decode, &model, &device)?;
+        let translator = Translator {
+            model: &model,
+            decoding,
+            rescorer: rescorer.as_ref(),
+        };
         let tokenizer = run.load_tokenizer()?;
         let lines = read_lines(args.input.as_deref())?;
         let texts: Vec<&str> = lines.iter().map(|l| l.trim()).collect();
@@ -237,10 +516,9 @@ impl BackendTask for Translate {
             bail!("input line {} is empty; give one sentence per line", i + 1);
         }
         let outputs = translate_texts(
-            &model,
+            &translator,
             &tokenizer,
             &texts,
-            decoding(&args.decode)?,
             args.decode.batch_size,
             true,
         )?;
@@ -282,7 +560,13 @@ fn evaluate_run<B: burn::prelude::Backend>(
     device: &B::Device,
 ) -> anyhow::Result<(EvalReport, Vec<paragen_data::Pair>)> {
     let run = RunDir::new(&args.model);
-    let (config, model) = run.load_transformer::<B>(device)?;
+    let (config, model) = run.load_model::<B>(device)?;
+    let (decoding, rescorer) = decoding(&args.decode, &model, device)?;
+    let translator = Translator {
+        model: &model,
+        decoding,
+        rescorer: rescorer.as_ref(),
+    };
     let tokenizer = run.load_tokenizer()?;
     let data = PreparedData::new(args.data.clone().unwrap_or(config.data_dir));
     let split = match args.split.as_str() {
@@ -295,10 +579,9 @@ fn evaluate_run<B: burn::prelude::Backend>(
         pairs.truncate(limit);
     }
     let report = evaluate(
-        &model,
+        &translator,
         &tokenizer,
         &pairs,
-        decoding(&args.decode)?,
         args.decode.batch_size,
         !args.json,
     )?;
@@ -314,7 +597,7 @@ fn print_eval(args: &EvalArgs, report: &EvalReport, pairs: &[paragen_data::Pair]
         return;
     }
     println!(
-        "{} split: {} sentences, BLEU {:.2}, chrF {:.2} ({} search, batch {}, {:.1} s, {:.1} sentences/s)",
+        "{} split: {} sentences, BLEU {:.2}, chrF {:.2} ({} decoding, batch {}, {:.1} s, {:.1} sentences/s)",
         args.split,
         report.sentences,
         report.bleu,
@@ -338,13 +621,8 @@ fn pipeline(spec: DeviceSpec, args: &PipelineArgs) -> anyhow::Result<()> {
     if args.force || !data_dir.join("prepare.json").exists() {
         prepare(&PrepareArgs {
             corpus: args.corpus.clone(),
-            src: None,
-            tgt: None,
             out: data_dir.clone(),
-            vocab_size: 8000,
-            valid_per_mille: 20,
-            test_per_mille: 40,
-            skip_malformed: false,
+            ..defaults()
         })?;
     } else {
         println!("using prepared data in {}", data_dir.display());
@@ -361,12 +639,10 @@ fn pipeline(spec: DeviceSpec, args: &PipelineArgs) -> anyhow::Result<()> {
                 data: data_dir.clone(),
                 out: teacher_dir.clone(),
                 preset: args.preset,
-                resume,
-                epochs: None,
-                max_minutes: None,
-                max_tokens: None,
-                lr: None,
-                seed: None,
+                run: RunOverrides {
+                    resume,
+                    ..defaults()
+                },
             }),
         )??;
     } else {
@@ -377,17 +653,8 @@ fn pipeline(spec: DeviceSpec, args: &PipelineArgs) -> anyhow::Result<()> {
         Eval(EvalArgs {
             model: teacher_dir,
             data: Some(data_dir),
-            split: "test".into(),
-            limit: None,
-            json: false,
             show: args.show,
-            decode: DecodeArgs {
-                beam: 1,
-                length_penalty: 1.0,
-                max_len_ratio: 1.5,
-                max_len_extra: 10,
-                batch_size: 64,
-            },
+            ..defaults()
         }),
     )?
 }
@@ -413,16 +680,21 @@ fn profile<B: burn::prelude::Backend>(
 ) -> anyhow::Result<()> {
     use paragen_train::bench::{forward_gflops, matmul_peak_gflops, time_decoding};
     let run = RunDir::new(&args.model);
-    let (config, model) = run.load_transformer::<B>(device)?;
+    let (config, model) = run.load_model::<B>(device)?;
+    let (decoding, rescorer) = decoding(&args.decode, &model, device)?;
+    let translator = Translator {
+        model: &model,
+        decoding,
+        rescorer: rescorer.as_ref(),
+    };
     let tokenizer = run.load_tokenizer()?;
     let data = PreparedData::new(args.data.clone().unwrap_or(config.data_dir.clone()));
     let pairs = data.pairs(Split::Test)?;
-    let decoding = decoding(&args.decode)?;
     let mut out = serde_json::json!({
         "model": args.model.display().to_string(),
         "kind": config.kind.name(),
         "preset": config.preset,
-        "decoding": decoding.name(),
+        "decoding": translator.name(),
         "params": model.param_count(),
         "file_bytes": std::fs::metadata(run.path("model.mpk"))?.len(),
         "backend": spec.backend.name(),
@@ -435,7 +707,7 @@ fn profile<B: burn::prelude::Backend>(
         .unwrap_or(pairs.len())
         .min(pairs.len());
     if quality_n > 0 {
-        let report = evaluate(&model, &tokenizer, &pairs[..quality_n], decoding, 64, false)?;
+        let report = evaluate(&translator, &tokenizer, &pairs[..quality_n], 64, false)?;
         out["bleu"] = serde_json::json!(report.bleu);
         out["chrf"] = serde_json::json!(report.chrf);
         out["quality_sentences"] = serde_json::json!(report.sentences);
@@ -448,10 +720,10 @@ fn profile<B: burn::prelude::Backend>(
     let sources = tokenizer.encode_batch(&texts)?;
     let mut timings = serde_json::Map::new();
     for &batch in &args.batch_sizes {
-        let timing = time_decoding(&model, &sources, decoding, batch, args.runs)?;
+        let timing = time_decoding(&translator, &sources, batch, args.runs)?;
         tracing::info!(
             "{}: batch {batch}: {:.2} ms/sentence",
-            decoding.name(),
+            translator.name(),
             timing.ms_per_sentence
         );
         timings.insert(batch.to_string(), serde_json::to_value(timing)?);
@@ -466,7 +738,10 @@ fn profile<B: burn::prelude::Backend>(
             "peak_how": "best of 5 fp32 1024x1024x1024 matrix products",
             "forward_gflops": achieved,
             "forward_seconds": seconds,
-            "forward_shape": format!("teacher-forced forward, batch 64, {mean_len} source and target tokens"),
+            "forward_shape": match model {
+                Model::Ar(_) => format!("teacher-forced forward of an AR model, batch 64, {mean_len} source and target tokens"),
+                Model::Nat(_) => format!("one all-mask NAT pass, batch 64, {mean_len} source and target tokens"),
+            },
         });
     }
     println!("{out}");

@@ -190,3 +190,153 @@ fn prepare_train_resume_eval_translate() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 2);
 }
+
+fn ok(out: &Output) {
+    assert!(out.status.success(), "{}", stderr(out));
+}
+
+#[test]
+fn distill_train_students_and_decode_them_every_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_slice(dir.path(), 300);
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (data, teacher, distilled) = (path("data"), path("teacher"), path("distilled"));
+    let (nat, shallow) = (path("nat"), path("shallow"));
+    ok(&paragen(&[
+        "prepare",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--out",
+        &data,
+        "--vocab-size",
+        "400",
+    ]));
+    ok(&paragen(&[
+        "train-teacher",
+        "--preset",
+        "tiny",
+        "--data",
+        &data,
+        "--out",
+        &teacher,
+        "--epochs",
+        "1",
+    ]));
+    ok(&paragen(&[
+        "distill",
+        "--teacher",
+        &teacher,
+        "--out",
+        &distilled,
+        "--beam",
+        "2",
+        "--limit",
+        "50",
+    ]));
+    let distilled_train = std::fs::read_to_string(dir.path().join("distilled/train.tsv")).unwrap();
+    assert_eq!(distilled_train.lines().count(), 50);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("distilled/distill.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["decoding"], "beam2");
+
+    let student = |kind: &str, out: &str, extra: &[&str]| {
+        let args = [
+            &[
+                "train-student",
+                "--kind",
+                kind,
+                "--preset",
+                "tiny",
+                "--data",
+                &distilled,
+                "--teacher",
+                &teacher,
+                "--out",
+                out,
+                "--epochs",
+                "1",
+            ][..],
+            extra,
+        ]
+        .concat();
+        ok(&paragen(&args));
+    };
+    student("nat", &nat, &["--init-from-teacher"]);
+    student(
+        "ar-shallow",
+        &shallow,
+        &["--kd-weight", "0.5", "--kd-temperature", "2"],
+    );
+    let run_json = |run: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(Path::new(run).join("run.json")).unwrap()).unwrap()
+    };
+    let nat_config = run_json(&nat);
+    assert_eq!(nat_config["kind"], "nat");
+    assert_eq!(nat_config["student"]["glance_ratio"], 0.5);
+    let shallow_config = run_json(&shallow);
+    assert_eq!(shallow_config["kind"], "ar-shallow");
+    assert_eq!(shallow_config["model"]["decoder_layers"], 1);
+    assert_eq!(shallow_config["model"]["encoder_layers"], 3);
+
+    let eval = |model: &str, extra: &[&str]| -> Output {
+        let args = [
+            &["eval", "--model", model, "--json", "--limit", "10"][..],
+            extra,
+        ]
+        .concat();
+        paragen(&args)
+    };
+    for (extra, name) in [
+        (&[][..], "one-pass"),
+        (&["--length-beam", "3"][..], "one-pass-lb3"),
+        (&["--iterations", "4"][..], "mask-predict-4"),
+        (
+            &["--length-beam", "2", "--rescore-with", teacher.as_str()][..],
+            "one-pass-lb2-rescored",
+        ),
+    ] {
+        let out = eval(&nat, extra);
+        ok(&out);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["decoding"], name);
+        assert!(
+            report["bleu"].as_f64().is_some_and(f64::is_finite),
+            "{report}"
+        );
+    }
+    let out = eval(&shallow, &["--beam", "2"]);
+    ok(&out);
+
+    // Flags of one kind of model are refused on the other, with the reason.
+    let out = eval(&teacher, &["--iterations", "2"]);
+    assert!(
+        stderr(&out).contains("apply to NAT models"),
+        "{}",
+        stderr(&out)
+    );
+    let out = eval(&nat, &["--beam", "4"]);
+    assert!(stderr(&out).contains("--length-beam"), "{}", stderr(&out));
+
+    let out = paragen(&[
+        "profile",
+        "--model",
+        &nat,
+        "--quality-sentences",
+        "5",
+        "--time-sentences",
+        "4",
+        "--batch-sizes",
+        "1,4",
+        "--runs",
+        "1",
+        "--iterations",
+        "2",
+        "--roofline",
+    ]);
+    ok(&out);
+    let profile: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(profile["kind"], "nat");
+    assert_eq!(profile["decoding"], "mask-predict-2");
+    assert!(profile["roofline"]["forward_gflops"].as_f64().unwrap() > 0.0);
+}

@@ -104,6 +104,24 @@ impl TransformerConfig {
         2.0 * b * (encoder + decoder + output)
     }
 
+    /// Rejects sentences a model of these shapes cannot take (empty, or longer than
+    /// its positions); `lengths[i]` is sentence `i`'s token count.
+    pub fn check_source_lengths(&self, lengths: &[usize]) -> Result<(), crate::ModelError> {
+        for (index, &len) in lengths.iter().enumerate() {
+            if len == 0 {
+                return Err(crate::ModelError::Empty { index });
+            }
+            if len > self.max_positions {
+                return Err(crate::ModelError::TooLong {
+                    index,
+                    len,
+                    max: self.max_positions,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the invariants the model relies on.
     pub fn validate(&self) -> Result<(), String> {
         if self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::TransformerConfig;
 use crate::layers::{DecoderLayer, EncoderLayer, materialize, padding_mask, sinusoidal_positions};
-use crate::teacher::{EncoderOutput, ModelError};
+use crate::teacher::{EncoderOutput, ModelError, Transformer};
 
 /// Shapes of a NAT student: a Transformer plus the length classifier's range.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -134,6 +134,10 @@ impl<B: Backend> NatStudent<B> {
     /// - `tgt_in`: `[batch, tgt_time]`: `<mask>` or tokens, padded with pad.
     /// - returns log-probabilities `[batch, tgt_time, vocab]`.
     pub fn decode(&self, encoded: &EncoderOutput<B>, tgt_in: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        log_softmax(self.decode_logits(encoded, tgt_in), 2)
+    }
+
+    fn decode_logits(&self, encoded: &EncoderOutput<B>, tgt_in: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let self_mask = padding_mask(&tgt_in, self.config.transformer.special.pad);
         let mut x = self.embed(tgt_in);
         for layer in &self.decoder {
@@ -146,11 +150,37 @@ impl<B: Backend> NatStudent<B> {
         }
         let h = self.decoder_norm.forward(x);
         let [batch, time, d] = h.dims();
-        let logits = h
-            .reshape([batch * time, d])
+        h.reshape([batch * time, d])
             .matmul(self.embedding.weight.val().transpose())
-            .reshape([batch, time, self.config.transformer.vocab_size]);
-        log_softmax(logits, 2)
+            .reshape([batch, time, self.config.transformer.vocab_size])
+    }
+
+    /// Starts from the teacher's embedding and encoder (same width, vocabulary and
+    /// encoder depth required): the student then only has to learn to decode.
+    pub fn init_encoder_from(&mut self, teacher: &Transformer<B>) -> Result<(), ModelError> {
+        let (t, s) = (teacher.config(), &self.config.transformer);
+        if (t.vocab_size, t.d_model, t.encoder_layers, t.n_heads, t.d_ff)
+            != (s.vocab_size, s.d_model, s.encoder_layers, s.n_heads, s.d_ff)
+        {
+            return Err(ModelError::Config(format!(
+                "cannot copy the teacher's encoder: teacher vocab {} d_model {} {} layers \
+                 ({} heads, d_ff {}), student vocab {} d_model {} {} layers ({} heads, d_ff {})",
+                t.vocab_size,
+                t.d_model,
+                t.encoder_layers,
+                t.n_heads,
+                t.d_ff,
+                s.vocab_size,
+                s.d_model,
+                s.encoder_layers,
+                s.n_heads,
+                s.d_ff
+            )));
+        }
+        self.embedding = teacher.embedding.clone();
+        self.encoder = teacher.encoder.clone();
+        self.encoder_norm = teacher.encoder_norm.clone();
+        Ok(())
     }
 
     /// Target-length class of each pair: `clamp(tgt - src, -max, max) + max`.
@@ -207,31 +237,67 @@ impl<B: Backend> NatStudent<B> {
         masks: &[Vec<bool>],
         label_smoothing: f64,
     ) -> Tensor<B, 1> {
+        let encoded = self.encode(src);
+        self.masked_loss(&encoded, src_lens, targets, masks, label_smoothing)
+    }
+
+    /// Glancing training (Qian et al. 2021, GLAT): a first parallel pass from all-mask
+    /// inputs (no gradient) measures how many tokens the model gets wrong; then
+    /// `ratio x wrong` random positions are revealed with their reference tokens and the
+    /// model learns to predict the others. Hard sentences get more hints, easy ones
+    /// fewer, which teaches one-pass decoding better than uniform CMLM masking.
+    pub fn glat_loss(
+        &self,
+        src: Tensor<B, 2, Int>,
+        src_lens: &[usize],
+        targets: &[Vec<u32>],
+        ratio: f64,
+        label_smoothing: f64,
+        rng: &mut impl rand::Rng,
+    ) -> Tensor<B, 1> {
         let special = self.config.transformer.special;
-        let device = src.device();
         let encoded = self.encode(src);
         let tgt_lens: Vec<usize> = targets.iter().map(|t| t.len()).collect();
-        let inputs: Vec<Vec<u32>> = targets
-            .iter()
-            .zip(masks)
-            .map(|(t, m)| {
-                t.iter()
-                    .zip(m)
-                    .map(|(&tok, &hide)| if hide { special.mask } else { tok })
-                    .collect()
-            })
+        let detached = EncoderOutput {
+            memory: encoded.memory.clone().detach(),
+            src_mask: encoded.src_mask.clone(),
+        };
+        let input = all_mask_input::<B>(&tgt_lens, special.mask, special.pad, &self.device());
+        let width = input.dims()[1];
+        let guesses: Vec<i64> = self
+            .decode_logits(&detached, input)
+            .detach()
+            .argmax(2)
+            .into_data()
+            .iter::<i64>()
             .collect();
+        let masks = glancing_masks(targets, |i, j| guesses[i * width + j] as u32, ratio, rng);
+        self.masked_loss(&encoded, src_lens, targets, &masks, label_smoothing)
+    }
+
+    /// Token loss on the masked positions (the others are given as input) plus the
+    /// weighted length loss.
+    fn masked_loss(
+        &self,
+        encoded: &EncoderOutput<B>,
+        src_lens: &[usize],
+        targets: &[Vec<u32>],
+        masks: &[Vec<bool>],
+        label_smoothing: f64,
+    ) -> Tensor<B, 1> {
+        let special = self.config.transformer.special;
+        let device = self.device();
+        let tgt_lens: Vec<usize> = targets.iter().map(|t| t.len()).collect();
+        let apply = |f: &dyn Fn(u32, bool) -> u32| -> Vec<Vec<u32>> {
+            targets
+                .iter()
+                .zip(masks)
+                .map(|(t, m)| t.iter().zip(m).map(|(&tok, &hide)| f(tok, hide)).collect())
+                .collect()
+        };
+        let inputs = apply(&|tok, hide| if hide { special.mask } else { tok });
         // Only masked positions are scored: the others carry the pad id as their target.
-        let outputs: Vec<Vec<u32>> = targets
-            .iter()
-            .zip(masks)
-            .map(|(t, m)| {
-                t.iter()
-                    .zip(m)
-                    .map(|(&tok, &hide)| if hide { tok } else { special.pad })
-                    .collect()
-            })
-            .collect();
+        let outputs = apply(&|tok, hide| if hide { tok } else { special.pad });
         let tgt_in = paragen_data::batch::pad_to_tensor::<B>(
             &paragen_data::batch::as_slices(&inputs),
             special.pad,
@@ -242,9 +308,8 @@ impl<B: Backend> NatStudent<B> {
             special.pad,
             &device,
         );
-        let log_probs = self.decode(&encoded, tgt_in);
         let token_loss = crate::loss::label_smoothed_cross_entropy(
-            log_probs,
+            self.decode_logits(encoded, tgt_in),
             tgt_out,
             special.pad,
             label_smoothing,
@@ -254,12 +319,43 @@ impl<B: Backend> NatStudent<B> {
             TensorData::new(length_targets, [tgt_lens.len()]).convert::<B::IntElem>(),
             &device,
         );
-        let length_log_probs = log_softmax(self.length_logits(&encoded), 1);
+        let length_log_probs = log_softmax(self.length_logits(encoded), 1);
         let length_loss = -length_log_probs
             .gather(1, length_targets.unsqueeze_dim(1))
             .mean();
         token_loss + length_loss * self.config.length_loss_weight
     }
+}
+
+/// GLAT masks: for target `i`, `ceil(ratio x wrong_i)` positions chosen uniformly are
+/// revealed (`false`), the rest stay masked (`true`); `guess(i, j)` is the first pass's
+/// token at position `j`. At least one position stays masked so every target is scored.
+pub fn glancing_masks(
+    targets: &[Vec<u32>],
+    guess: impl Fn(usize, usize) -> u32,
+    ratio: f64,
+    rng: &mut impl rand::Rng,
+) -> Vec<Vec<bool>> {
+    use rand::seq::SliceRandom;
+    targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let wrong = t
+                .iter()
+                .enumerate()
+                .filter(|&(j, &tok)| guess(i, j) != tok)
+                .count();
+            let reveal = ((ratio * wrong as f64).ceil() as usize).min(t.len().saturating_sub(1));
+            let mut positions: Vec<usize> = (0..t.len()).collect();
+            positions.shuffle(rng);
+            let mut mask = vec![true; t.len()];
+            for &j in positions.iter().take(reveal) {
+                mask[j] = false;
+            }
+            mask
+        })
+        .collect()
 }
 
 /// CMLM masks: for each target of length `n`, `k ~ U{1..n}` positions chosen uniformly.
@@ -313,6 +409,23 @@ pub struct NatDecoding {
     pub length_beam: usize,
     /// Mask-predict passes (1: one parallel pass).
     pub iterations: usize,
+    /// Merge runs of the same token into one: parallel decoders tend to write a token
+    /// at two neighbouring positions ("the the"), the classic NAT failure (Gu et al.).
+    pub collapse_repeats: bool,
+}
+
+impl NatDecoding {
+    /// Short name for reports: `one-pass`, `length-beam-3`, `mask-predict-4`, ...
+    pub fn name(&self) -> String {
+        let mut name = match self.iterations {
+            0 | 1 => "one-pass".to_string(),
+            k => format!("mask-predict-{k}"),
+        };
+        if self.length_beam > 1 {
+            name = format!("{name}-lb{}", self.length_beam);
+        }
+        name
+    }
 }
 
 impl Default for NatDecoding {
@@ -320,6 +433,7 @@ impl Default for NatDecoding {
         Self {
             length_beam: 1,
             iterations: 1,
+            collapse_repeats: true,
         }
     }
 }
@@ -345,24 +459,13 @@ pub fn nat_decode<B: Backend>(
     options: NatDecoding,
 ) -> Result<Vec<Vec<NatCandidate>>, ModelError> {
     let config = &model.config().transformer;
-    for (index, s) in sources.iter().enumerate() {
-        if s.is_empty() {
-            return Err(ModelError::Empty { index });
-        }
-        if s.len() > config.max_positions {
-            return Err(ModelError::TooLong {
-                index,
-                len: s.len(),
-                max: config.max_positions,
-            });
-        }
-    }
+    let src_lens: Vec<usize> = sources.iter().map(|s| s.len()).collect();
+    config.check_source_lengths(&src_lens)?;
     let device = model.device();
     let special = config.special;
     let slices: Vec<&[u32]> = sources.iter().map(|s| s.as_slice()).collect();
     let src = paragen_data::batch::pad_to_tensor(&slices, special.pad, &device);
     let encoded = model.encode(src);
-    let src_lens: Vec<usize> = sources.iter().map(|s| s.len()).collect();
     let lengths = model.predict_lengths(&encoded, &src_lens, options.length_beam);
     let beam = lengths[0].len();
     // Row `i * beam + j` decodes sentence `i` at its `j`-th length candidate.
@@ -415,7 +518,7 @@ pub fn nat_decode<B: Backend>(
                 .map(|j| {
                     let r = i * beam + j;
                     let score = probs[r].iter().sum::<f32>() / row_lengths[r].max(1) as f32;
-                    let kept = tokens[r]
+                    let mut kept: Vec<u32> = tokens[r]
                         .iter()
                         .copied()
                         .filter(|&t| {
@@ -425,6 +528,9 @@ pub fn nat_decode<B: Backend>(
                                 && t != special.mask
                         })
                         .collect();
+                    if options.collapse_repeats {
+                        kept.dedup();
+                    }
                     NatCandidate {
                         tokens: kept,
                         score,
@@ -442,6 +548,38 @@ pub fn best_candidate(candidates: &[NatCandidate]) -> Vec<u32> {
         .max_by(|a, b| a.score.total_cmp(&b.score))
         .map(|c| c.tokens.clone())
         .unwrap_or_default()
+}
+
+/// Noisy parallel decoding (Gu et al. 2018): the autoregressive `teacher` scores every
+/// candidate of every source in one teacher-forced pass and the best per source wins.
+pub fn rescore_with_teacher<B: Backend>(
+    teacher: &Transformer<B>,
+    sources: &[Vec<u32>],
+    candidates: &[Vec<NatCandidate>],
+) -> Result<Vec<Vec<u32>>, ModelError> {
+    let (mut flat_sources, mut flat_targets) = (Vec::new(), Vec::new());
+    for (source, options) in sources.iter().zip(candidates) {
+        for candidate in options {
+            flat_sources.push(source.clone());
+            flat_targets.push(candidate.tokens.clone());
+        }
+    }
+    let scores = teacher.sequence_scores(&flat_sources, &flat_targets)?;
+    let mut next = 0;
+    Ok(candidates
+        .iter()
+        .map(|options| {
+            let scored = &scores[next..next + options.len()];
+            next += options.len();
+            let best = (0..options.len())
+                .max_by(|&a, &b| scored[a].total_cmp(&scored[b]))
+                .unwrap_or(0);
+            options
+                .get(best)
+                .map(|c| c.tokens.clone())
+                .unwrap_or_default()
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -507,6 +645,7 @@ mod tests {
             NatDecoding {
                 length_beam: 1,
                 iterations: 1,
+                collapse_repeats: false,
             },
         )
         .unwrap();
@@ -546,6 +685,7 @@ mod tests {
                 NatDecoding {
                     length_beam: 2,
                     iterations,
+                    ..Default::default()
                 },
             )
             .unwrap();
@@ -580,5 +720,105 @@ mod tests {
         );
         let value = loss.into_scalar();
         assert!(value.is_finite() && value > 0.0, "{value}");
+    }
+
+    #[test]
+    fn glancing_reveals_a_share_of_the_wrong_tokens_and_keeps_one_masked() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let targets = vec![vec![5, 6, 7, 8], vec![5, 6, 7, 8], vec![9]];
+        // First pass: sentence 0 all wrong, sentence 1 all right, sentence 2 wrong.
+        let guess = |i: usize, j: usize| if i == 1 { targets[1][j] } else { 0 };
+        let masks = glancing_masks(&targets, guess, 0.5, &mut rng);
+        let hidden: Vec<usize> = masks
+            .iter()
+            .map(|m| m.iter().filter(|&&h| h).count())
+            .collect();
+        assert_eq!(hidden, vec![2, 4, 1]);
+    }
+
+    #[test]
+    fn glat_loss_is_finite_and_positive() {
+        use rand::SeedableRng;
+        let m = student(5);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let loss = m.glat_loss(
+            pad(&[&[10, 11], &[12, 13, 14]]),
+            &[2, 3],
+            &[vec![5, 6, 7], vec![8, 9]],
+            0.5,
+            0.1,
+            &mut rng,
+        );
+        let value = loss.into_scalar();
+        assert!(value.is_finite() && value > 0.0, "{value}");
+    }
+
+    #[test]
+    fn the_teacher_encoder_can_be_copied_when_shapes_agree() {
+        let special = SpecialTokens::trained();
+        let config = TransformerConfig::tiny(24, special);
+        let teacher = Transformer::<B>::new(&config, &Default::default()).unwrap();
+        let mut m = student(6);
+        m.init_encoder_from(&teacher).unwrap();
+        let src = pad(&[&[5, 6, 7]]);
+        m.encode(src.clone())
+            .memory
+            .into_data()
+            .assert_approx_eq::<f32>(
+                &teacher.encode(src).memory.into_data(),
+                burn::tensor::Tolerance::default(),
+            );
+        let wider = Transformer::<B>::new(
+            &TransformerConfig {
+                d_model: 64,
+                ..config
+            },
+            &Default::default(),
+        )
+        .unwrap();
+        let err = m.init_encoder_from(&wider).unwrap_err().to_string();
+        assert!(err.contains("d_model 64"), "{err}");
+    }
+
+    #[test]
+    fn teacher_rescoring_picks_the_candidate_the_teacher_prefers() {
+        let special = SpecialTokens::trained();
+        let teacher =
+            Transformer::<B>::new(&TransformerConfig::tiny(24, special), &Default::default())
+                .unwrap();
+        let source = vec![5, 6, 7];
+        let options: Vec<NatCandidate> = [vec![8, 9], vec![10, 11, 12], vec![13]]
+            .into_iter()
+            .map(|tokens| NatCandidate { tokens, score: 0.0 })
+            .collect();
+        let targets: Vec<Vec<u32>> = options.iter().map(|c| c.tokens.clone()).collect();
+        let scores = teacher
+            .sequence_scores(&vec![source.clone(); 3], &targets)
+            .unwrap();
+        let best = (0..3)
+            .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+            .unwrap();
+        let picked = rescore_with_teacher(&teacher, &[source], &[options]).unwrap();
+        assert_eq!(picked, vec![targets[best].clone()]);
+    }
+
+    #[test]
+    fn collapsing_repeats_merges_neighbouring_copies_only() {
+        let m = student(7);
+        let sources = vec![vec![5, 6, 7, 8, 9, 10, 11, 12]];
+        let raw = nat_decode(
+            &m,
+            &sources,
+            NatDecoding {
+                collapse_repeats: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let collapsed = nat_decode(&m, &sources, NatDecoding::default()).unwrap();
+        let mut expect = raw[0][0].tokens.clone();
+        expect.dedup();
+        assert_eq!(collapsed[0][0].tokens, expect);
     }
 }

@@ -72,10 +72,10 @@ impl<B: Backend> DecoderState<B> {
 /// Encoder-decoder Transformer with shared embeddings.
 #[derive(Module, Debug)]
 pub struct Transformer<B: Backend> {
-    embedding: Embedding<B>,
+    pub(crate) embedding: Embedding<B>,
     learned_positions: Option<Embedding<B>>,
-    encoder: Vec<EncoderLayer<B>>,
-    encoder_norm: LayerNorm<B>,
+    pub(crate) encoder: Vec<EncoderLayer<B>>,
+    pub(crate) encoder_norm: LayerNorm<B>,
     decoder: Vec<DecoderLayer<B>>,
     decoder_norm: LayerNorm<B>,
     dropout: Dropout,
@@ -131,19 +131,7 @@ impl<B: Backend> Transformer<B> {
 
     /// Rejects sentences the model cannot take (empty, or longer than its positions).
     pub fn check_source_lengths(&self, lengths: &[usize]) -> Result<(), ModelError> {
-        for (index, &len) in lengths.iter().enumerate() {
-            if len == 0 {
-                return Err(ModelError::Empty { index });
-            }
-            if len > self.config.max_positions {
-                return Err(ModelError::TooLong {
-                    index,
-                    len,
-                    max: self.config.max_positions,
-                });
-            }
-        }
-        Ok(())
+        self.config.check_source_lengths(lengths)
     }
 
     /// Token embeddings scaled by sqrt(d) plus positions `start..start + time`.
@@ -251,6 +239,47 @@ impl<B: Backend> Transformer<B> {
     /// Number of trainable scalars.
     pub fn param_count(&self) -> usize {
         self.num_params()
+    }
+
+    /// Length-normalised log-probability of each `targets[i]` (EOS included) given
+    /// `sources[i]`, from one teacher-forced pass: how a teacher rescores candidates.
+    pub fn sequence_scores(
+        &self,
+        sources: &[Vec<u32>],
+        targets: &[Vec<u32>],
+    ) -> Result<Vec<f32>, ModelError> {
+        let lengths: Vec<usize> = sources.iter().map(|s| s.len()).collect();
+        self.check_source_lengths(&lengths)?;
+        let examples: Vec<paragen_data::batch::Example> = sources
+            .iter()
+            .zip(targets)
+            .map(|(src, tgt)| paragen_data::batch::Example {
+                src: src.clone(),
+                tgt: tgt.clone(),
+            })
+            .collect();
+        let refs: Vec<&paragen_data::batch::Example> = examples.iter().collect();
+        let batch =
+            paragen_data::Seq2SeqBatch::<B>::new(&refs, self.config.special, &self.device());
+        let log_probs =
+            burn::tensor::activation::log_softmax(self.forward(batch.src, batch.tgt_in), 2);
+        let picked = log_probs
+            .gather(2, batch.tgt_out.clone().unsqueeze_dim(2))
+            .squeeze_dim::<2>(2);
+        let keep = batch
+            .tgt_out
+            .not_equal_elem(self.config.special.pad as i64)
+            .float();
+        let sums: Vec<f32> = (picked * keep)
+            .sum_dim(1)
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        Ok(sums
+            .iter()
+            .zip(targets)
+            .map(|(sum, t)| sum / (t.len() + 1) as f32)
+            .collect())
     }
 
     /// The shared embedding matrix, `[vocab, d_model]`.
@@ -380,6 +409,37 @@ mod tests {
                 len: 65,
                 max: 64
             })
+        );
+    }
+
+    #[test]
+    fn sequence_scores_are_the_mean_step_log_probability() {
+        use burn::tensor::activation::log_softmax;
+        let config = TransformerConfig::tiny(24, SpecialTokens::trained());
+        let device = Default::default();
+        let model = Transformer::<TestBackend>::new(&config, &device).unwrap();
+        let (source, target) = (vec![5u32, 6, 7], vec![8u32, 9]);
+        let scores = model
+            .sequence_scores(&[source.clone()], &[target.clone()])
+            .unwrap();
+        let src = paragen_data::batch::pad_to_tensor::<TestBackend>(&[&source], 0, &device);
+        let mut state = model.start_decoding(&model.encode(src));
+        let special = config.special;
+        let (mut previous, mut total) = (special.bos, 0.0f32);
+        for next in target.iter().copied().chain([special.eos]) {
+            let tokens = Tensor::<TestBackend, 1, Int>::from_ints([previous as i32], &device);
+            let log_probs: Vec<f32> = log_softmax(model.decode_step(&mut state, tokens), 1)
+                .into_data()
+                .iter::<f32>()
+                .collect();
+            total += log_probs[next as usize];
+            previous = next;
+        }
+        assert!(
+            (scores[0] - total / 3.0).abs() < 1e-4,
+            "{} vs {}",
+            scores[0],
+            total / 3.0
         );
     }
 }

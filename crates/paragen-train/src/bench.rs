@@ -5,10 +5,10 @@
 use std::time::Instant;
 
 use burn::prelude::*;
-use paragen_models::Transformer;
+use paragen_models::nat::all_mask_input;
 use serde::{Deserialize, Serialize};
 
-use crate::translate::{Decoding, TranslateError, translate_ids};
+use crate::translate::{Model, TranslateError, Translator, translate_ids};
 
 /// Median wall time of decoding, per sentence.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -35,18 +35,17 @@ fn median(values: &[f64]) -> f64 {
 
 /// Decodes `sources` once to warm up, then `runs` more times; reports the median run.
 pub fn time_decoding<B: Backend>(
-    model: &Transformer<B>,
+    translator: &Translator<'_, B>,
     sources: &[Vec<u32>],
-    decoding: Decoding,
     batch_size: usize,
     runs: usize,
 ) -> Result<Timing, TranslateError> {
     let warmup = sources.len().min(batch_size.max(4));
-    translate_ids(model, &sources[..warmup], decoding, batch_size, false)?;
+    translate_ids(translator, &sources[..warmup], batch_size, false)?;
     let mut run_seconds = Vec::with_capacity(runs);
     for _ in 0..runs.max(1) {
         let started = Instant::now();
-        translate_ids(model, sources, decoding, batch_size, false)?;
+        translate_ids(translator, sources, batch_size, false)?;
         run_seconds.push(started.elapsed().as_secs_f64());
     }
     let seconds = median(&run_seconds);
@@ -76,16 +75,17 @@ pub fn matmul_peak_gflops<B: Backend>(n: usize, repeats: usize, device: &B::Devi
     2.0 * (n as f64).powi(3) / best / 1e9
 }
 
-/// Achieved GFLOP/s of a teacher-forced forward pass (encoder + all decoder positions)
-/// over a `[batch, len]` source and target, best of `repeats`.
+/// Achieved GFLOP/s of one forward pass over a `[batch, len]` source and target, best
+/// of `repeats`: teacher-forced for AR models, one all-mask parallel pass for NAT.
+/// Returns the GFLOP/s and the best pass's seconds.
 pub fn forward_gflops<B: Backend>(
-    model: &Transformer<B>,
+    model: &Model<B>,
     batch: usize,
     len: usize,
     repeats: usize,
 ) -> (f64, f64) {
-    let device = model.device();
     let config = model.config();
+    let device = model.device();
     let ids: Vec<i64> = (0..batch * len)
         .map(|i| 5 + (i as i64 * 7919) % (config.vocab_size as i64 - 5))
         .collect();
@@ -93,11 +93,20 @@ pub fn forward_gflops<B: Backend>(
         burn::tensor::TensorData::new(ids, [batch, len]).convert::<B::IntElem>(),
         &device,
     );
-    let _ = model.forward(tokens.clone(), tokens.clone()).into_data();
+    let special = config.special;
+    let masks = all_mask_input::<B>(&vec![len; batch], special.mask, special.pad, &device);
+    let pass = || {
+        let out = match model {
+            Model::Ar(m) => m.forward(tokens.clone(), tokens.clone()),
+            Model::Nat(m) => m.decode(&m.encode(tokens.clone()), masks.clone()),
+        };
+        let _ = out.into_data();
+    };
+    pass();
     let best = (0..repeats.max(1))
         .map(|_| {
             let started = Instant::now();
-            let _ = model.forward(tokens.clone(), tokens.clone()).into_data();
+            pass();
             started.elapsed().as_secs_f64()
         })
         .fold(f64::INFINITY, f64::min);

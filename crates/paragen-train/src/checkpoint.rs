@@ -22,10 +22,12 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Record, Recorder};
 use paragen_data::{DataError, Tokenizer, TokenizerError, fsio};
+use paragen_models::nat::{NatConfig, NatStudent};
 use paragen_models::{Transformer, TransformerConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::trainer::TrainConfig;
+use crate::translate::Model;
 
 /// Errors of reading or writing a run directory.
 #[derive(Debug, thiserror::Error)]
@@ -56,14 +58,39 @@ pub enum CheckpointError {
 pub enum ModelKind {
     /// Autoregressive encoder-decoder (the teacher).
     Ar,
+    /// Autoregressive student with a deep encoder and a one-layer decoder (Kasai et al.
+    /// 2021): the strongest cheap AR baseline a NAT must beat.
+    ArShallow,
+    /// Non-autoregressive student (CMLM decoder with a length classifier).
+    Nat,
 }
 
 impl ModelKind {
     pub fn name(self) -> &'static str {
         match self {
             ModelKind::Ar => "ar",
+            ModelKind::ArShallow => "ar-shallow",
+            ModelKind::Nat => "nat",
         }
     }
+}
+
+/// How a student learns from its teacher (saved in `run.json` so `--resume` continues
+/// the same recipe).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StudentConfig {
+    /// Run directory of the teacher (word-level KD, encoder initialisation, rescoring).
+    pub teacher: Option<PathBuf>,
+    /// NAT only: range and weight of the length classifier.
+    pub max_length_offset: usize,
+    pub length_loss_weight: f64,
+    /// NAT only: GLAT glancing ratio; `None` trains with plain CMLM masking.
+    pub glance_ratio: Option<f64>,
+    /// AR students only: word-level KD weight (0: none) and temperature.
+    pub kd_weight: f64,
+    pub kd_temperature: f64,
+    /// Whether the student started from the teacher's embedding and encoder.
+    pub init_from_teacher: bool,
 }
 
 /// Everything needed to rebuild and retrain a model, saved as `run.json`.
@@ -74,6 +101,9 @@ pub struct RunConfig {
     pub preset: String,
     pub model: TransformerConfig,
     pub train: TrainConfig,
+    /// Students only: how they learn from the teacher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student: Option<StudentConfig>,
     /// The prepared data directory the run trains on.
     pub data_dir: PathBuf,
     /// paragen version that created the run.
@@ -245,26 +275,56 @@ impl RunDir {
         Ok(())
     }
 
-    /// Rebuilds the best AR model of the run, on `device`, for inference.
+    /// Rebuilds the best AR model of the run (teacher or AR student), on `device`, for
+    /// inference.
     pub fn load_transformer<B: Backend>(
         &self,
         device: &B::Device,
     ) -> Result<(RunConfig, Transformer<B>), CheckpointError> {
-        let config = self.load_config()?;
-        if config.kind != ModelKind::Ar {
-            return Err(CheckpointError::WrongKind {
+        match self.load_model(device)? {
+            (config, Model::Ar(model)) => Ok((config, model)),
+            (config, Model::Nat(_)) => Err(CheckpointError::WrongKind {
                 path: self.path("run.json").display().to_string(),
                 found: config.kind.name().to_string(),
-                expected: ModelKind::Ar.name().to_string(),
-            });
+                expected: "ar or ar-shallow".to_string(),
+            }),
         }
-        let model =
-            Transformer::new(&config.model, device).map_err(|e| CheckpointError::Corrupt {
-                path: self.path("run.json").display().to_string(),
-                reason: e.to_string(),
-            })?;
-        let model = self.load_module("model.mpk", model, device)?;
+    }
+
+    /// Rebuilds the best model of the run, whatever its kind, on `device`.
+    pub fn load_model<B: Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<(RunConfig, Model<B>), CheckpointError> {
+        let config = self.load_config()?;
+        let corrupt = |e: paragen_models::ModelError| CheckpointError::Corrupt {
+            path: self.path("run.json").display().to_string(),
+            reason: e.to_string(),
+        };
+        let model = match config.kind {
+            ModelKind::Ar | ModelKind::ArShallow => {
+                let model = Transformer::new(&config.model, device).map_err(corrupt)?;
+                Model::Ar(self.load_module("model.mpk", model, device)?)
+            }
+            ModelKind::Nat => {
+                let model = NatStudent::new(&config.nat_config(), device).map_err(corrupt)?;
+                Model::Nat(self.load_module("model.mpk", model, device)?)
+            }
+        };
         Ok((config, model))
+    }
+}
+
+impl RunConfig {
+    /// The NAT shapes of a `nat` run (defaults for the length classifier when the run
+    /// has no student section).
+    pub fn nat_config(&self) -> NatConfig {
+        let mut nat = NatConfig::new(self.model.clone());
+        if let Some(student) = &self.student {
+            nat.max_length_offset = student.max_length_offset;
+            nat.length_loss_weight = student.length_loss_weight;
+        }
+        nat
     }
 }
 
@@ -287,6 +347,7 @@ pub fn test_config(vocab: usize, special: paragen_data::SpecialTokens) -> RunCon
         preset: "test".into(),
         model: TransformerConfig::tiny(vocab, special),
         train: TrainConfig::tiny(),
+        student: None,
         data_dir: PathBuf::from("data"),
         paragen_version: env!("CARGO_PKG_VERSION").into(),
     }

@@ -14,16 +14,18 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use paragen_data::batch::Example;
-use paragen_data::{Seq2SeqBatch, SpecialTokens, TokenBudgetBatcher, Tokenizer};
-use paragen_models::{LengthLimit, ModelError, Transformer};
+use paragen_data::{TokenBudgetBatcher, Tokenizer};
+use paragen_models::ModelError;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointError, RunDir, TrainerState};
 use crate::clip::clip_global_norm;
 use crate::metrics::{corpus_bleu, corpus_chrf};
+use crate::objective::{Objective, SeqModel};
 use crate::progress::Progress;
 use crate::schedule::InverseSqrtSchedule;
-use crate::translate::{Decoding, translate_ids};
 
 /// Options of a training run (saved in `run.json`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -154,11 +156,11 @@ pub struct TrainSummary {
     pub stopped_by_time: bool,
 }
 
-/// Mean loss over `examples` in batches, without dropout or gradients.
-fn mean_loss<B: Backend>(
-    model: &Transformer<B>,
+/// Mean loss over `examples` in batches, without label smoothing or gradients; any
+/// sampling (CMLM masks) is seeded, so every validation draws the same.
+fn mean_loss<B: Backend, M: SeqModel<B>>(
+    model: &M,
     examples: &[Example],
-    special: SpecialTokens,
     max_tokens: usize,
 ) -> f64 {
     let batches = TokenBudgetBatcher {
@@ -166,42 +168,38 @@ fn mean_loss<B: Backend>(
         seed: 0,
     }
     .batches(examples, 0);
+    let mut rng = StdRng::seed_from_u64(0);
     let (mut total, mut tokens) = (0.0, 0usize);
     for batch in batches {
         let refs: Vec<&Example> = batch.iter().map(|&i| &examples[i]).collect();
-        let b = Seq2SeqBatch::<B>::new(&refs, special, &model.device());
-        let loss = paragen_models::loss::label_smoothed_cross_entropy(
-            model.forward(b.src, b.tgt_in),
-            b.tgt_out,
-            special.pad,
-            0.0,
-        );
-        total += loss.into_scalar().elem::<f64>() * b.tgt_tokens as f64;
-        tokens += b.tgt_tokens;
+        let weight: usize = refs.iter().map(|e| e.tgt.len() + 1).sum();
+        let loss = model.loss(&refs, 0.0, &mut rng);
+        total += loss.into_scalar().elem::<f64>() * weight as f64;
+        tokens += weight;
     }
     total / tokens.max(1) as f64
 }
 
-/// Validation loss on all of `data.valid`, BLEU/chrF of greedy output on its first
-/// `sentences` pairs.
-pub fn validate<B: Backend>(
-    model: &Transformer<B>,
+/// Validation loss on all of `data.valid`, BLEU/chrF of the model's fast decoding
+/// (greedy or one pass) on its first `sentences` pairs.
+pub fn validate<B: Backend, M: SeqModel<B>>(
+    model: &M,
     tokenizer: &Tokenizer,
     data: &TrainData,
     sentences: usize,
     max_tokens: usize,
 ) -> Result<Validation, TrainError> {
-    let special = tokenizer.special();
-    let loss = mean_loss(model, &data.valid, special, max_tokens);
+    let loss = mean_loss(model, &data.valid, max_tokens);
     let n = sentences.min(data.valid.len());
-    let sources: Vec<Vec<u32>> = data.valid[..n].iter().map(|e| e.src.clone()).collect();
-    let outputs = translate_ids(
-        model,
-        &sources,
-        Decoding::Greedy(LengthLimit::default()),
-        64,
-        false,
-    )?;
+    let sources: Vec<&Example> = data.valid[..n].iter().collect();
+    let lengths: Vec<usize> = sources.iter().map(|e| e.src.len()).collect();
+    let mut outputs = vec![Vec::new(); n];
+    for batch in paragen_data::batch::inference_batches(&lengths, 64) {
+        let batch_sources: Vec<Vec<u32>> = batch.iter().map(|&i| sources[i].src.clone()).collect();
+        for (&i, out) in batch.iter().zip(model.validation_decode(&batch_sources)?) {
+            outputs[i] = out;
+        }
+    }
     let hypotheses = outputs
         .iter()
         .map(|ids| tokenizer.decode(ids))
@@ -218,16 +216,22 @@ pub fn validate<B: Backend>(
 
 /// Trains `model` (fresh, or the run's last state when `resume`) as `config` says,
 /// writing checkpoints and metrics into `run`.
-pub fn train<B: AutodiffBackend>(
+#[allow(clippy::too_many_arguments)]
+pub fn train<B, M>(
     run: &RunDir,
     config: &TrainConfig,
     tokenizer: &Tokenizer,
     data: &TrainData,
-    mut model: Transformer<B>,
+    mut model: M,
+    objective: &dyn Objective<B, M>,
     resume: bool,
     device: &B::Device,
-) -> Result<TrainSummary, TrainError> {
-    let special = tokenizer.special();
+) -> Result<TrainSummary, TrainError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + SeqModel<B>,
+    M::InnerModule: SeqModel<B::InnerBackend>,
+{
     let train: Vec<Example> = data
         .train
         .iter()
@@ -250,7 +254,7 @@ pub fn train<B: AutodiffBackend>(
         .with_beta_2(0.98)
         .with_epsilon(1e-8)
         .with_weight_decay(config.weight_decay as f32)
-        .init::<B, Transformer<B>>();
+        .init::<B, M>();
     let mut state = TrainerState::default();
     if resume {
         state = run.load_state()?;
@@ -275,19 +279,16 @@ pub fn train<B: AutodiffBackend>(
     while state.epoch < config.max_epochs && !stopped_by_time {
         let epoch = state.epoch + 1;
         let batches = batcher.batches(&train, epoch as u64);
+        // Seeded per epoch (resume happens at epoch boundaries), so a resumed run draws
+        // the same masks as an uninterrupted one.
+        let mut rng = StdRng::seed_from_u64(config.seed.wrapping_mul(1_000_003) + epoch as u64);
         let mut progress =
             Progress::new(&format!("epoch {epoch}"), batches.len() as u64, "batches");
         let (mut loss_sum, mut loss_tokens) = (0.0, 0usize);
         for batch in &batches {
             let refs: Vec<&Example> = batch.iter().map(|&i| &train[i]).collect();
-            let b = Seq2SeqBatch::<B>::new(&refs, special, device);
-            let logits = model.forward(b.src, b.tgt_in);
-            let loss = paragen_models::loss::label_smoothed_cross_entropy(
-                logits,
-                b.tgt_out,
-                special.pad,
-                config.label_smoothing,
-            );
+            let tgt_tokens: usize = refs.iter().map(|e| e.tgt.len() + 1).sum();
+            let loss = objective.loss(&model, &refs, &mut rng);
             let loss_value = loss.clone().into_scalar().elem::<f64>();
             if !loss_value.is_finite() {
                 return Err(TrainError::Diverged(loss_value, state.step));
@@ -299,8 +300,8 @@ pub fn train<B: AutodiffBackend>(
             state.step += 1;
             let lr = schedule.lr(state.step);
             model = optimizer.step(lr, model, grads);
-            loss_sum += loss_value * b.tgt_tokens as f64;
-            loss_tokens += b.tgt_tokens;
+            loss_sum += loss_value * tgt_tokens as f64;
+            loss_tokens += tgt_tokens;
             let elapsed = started.elapsed().as_secs_f64();
             progress.advance(1, || {
                 format!(

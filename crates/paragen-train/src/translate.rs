@@ -3,25 +3,79 @@
 use burn::prelude::*;
 use paragen_data::batch::inference_batches;
 use paragen_data::{Tokenizer, TokenizerError};
+use paragen_models::nat::{
+    NatDecoding, NatStudent, best_candidate, nat_decode, rescore_with_teacher,
+};
 use paragen_models::{BeamOptions, LengthLimit, ModelError, Transformer, beam_search, greedy};
 use serde::{Deserialize, Serialize};
 
 use crate::progress::Progress;
 
-/// How an autoregressive model searches.
+/// A trained model of any kind, ready to translate.
+#[derive(Clone, Debug)]
+pub enum Model<B: Backend> {
+    /// Autoregressive: the teacher or an AR student.
+    Ar(Transformer<B>),
+    /// Non-autoregressive student.
+    Nat(NatStudent<B>),
+}
+
+impl<B: Backend> Model<B> {
+    pub fn param_count(&self) -> usize {
+        match self {
+            Model::Ar(m) => m.param_count(),
+            Model::Nat(m) => m.param_count(),
+        }
+    }
+
+    pub fn device(&self) -> B::Device {
+        match self {
+            Model::Ar(m) => m.device(),
+            Model::Nat(m) => m.device(),
+        }
+    }
+
+    pub fn config(&self) -> &paragen_models::TransformerConfig {
+        match self {
+            Model::Ar(m) => m.config(),
+            Model::Nat(m) => &m.config().transformer,
+        }
+    }
+
+    /// Rejects sentences the model cannot take (empty, or longer than its positions).
+    pub fn check_source_lengths(&self, lengths: &[usize]) -> Result<(), ModelError> {
+        self.config().check_source_lengths(lengths)
+    }
+
+    /// The way this kind of model decodes when nothing else is asked: greedy search for
+    /// AR models, one parallel pass for NAT.
+    pub fn default_decoding(&self) -> Decoding {
+        match self {
+            Model::Ar(_) => Decoding::Greedy(LengthLimit::default()),
+            Model::Nat(_) => Decoding::Nat(NatDecoding::default()),
+        }
+    }
+}
+
+/// How a model searches.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Decoding {
+    /// Autoregressive greedy search on the KV cache.
     Greedy(LengthLimit),
+    /// Autoregressive beam search on the KV cache.
     Beam(BeamOptions),
+    /// Parallel decoding: one pass, length beam, mask-predict iterations.
+    Nat(NatDecoding),
 }
 
 impl Decoding {
-    /// Short name for reports: `greedy` or `beam4`.
+    /// Short name for reports: `greedy`, `beam4`, `one-pass`, `mask-predict-4`, ...
     pub fn name(&self) -> String {
         match self {
             Decoding::Greedy(_) => "greedy".into(),
             Decoding::Beam(o) if o.beam_size == 1 => "greedy".into(),
             Decoding::Beam(o) => format!("beam{}", o.beam_size),
+            Decoding::Nat(o) => o.name(),
         }
     }
 }
@@ -39,35 +93,90 @@ pub enum TranslateError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    #[error("{decoding} decoding does not apply to {kind} models")]
+    WrongDecoding {
+        decoding: String,
+        kind: &'static str,
+    },
+}
+
+/// A model, the way it decodes, and (for NAT) an optional AR model that rescores the
+/// length-beam candidates.
+#[derive(Clone, Copy, Debug)]
+pub struct Translator<'a, B: Backend> {
+    pub model: &'a Model<B>,
+    pub decoding: Decoding,
+    pub rescorer: Option<&'a Transformer<B>>,
+}
+
+impl<'a, B: Backend> Translator<'a, B> {
+    /// The model with its default decoding and no rescorer.
+    pub fn new(model: &'a Model<B>) -> Self {
+        Self {
+            model,
+            decoding: model.default_decoding(),
+            rescorer: None,
+        }
+    }
+
+    /// Short name for reports, e.g. `beam4` or `one-pass-lb3-rescored`.
+    pub fn name(&self) -> String {
+        match self.rescorer {
+            Some(_) => format!("{}-rescored", self.decoding.name()),
+            None => self.decoding.name(),
+        }
+    }
+
+    /// Decodes one batch of token-id sources (no length checks, no reordering).
+    pub fn decode_batch(&self, sources: &[Vec<u32>]) -> Result<Vec<Vec<u32>>, TranslateError> {
+        let wrong = |kind| TranslateError::WrongDecoding {
+            decoding: self.decoding.name(),
+            kind,
+        };
+        Ok(match (self.model, self.decoding) {
+            (Model::Ar(m), Decoding::Greedy(limit)) => greedy(m, sources, limit)?,
+            (Model::Ar(m), Decoding::Beam(options)) => beam_search(m, sources, options)?,
+            (Model::Nat(m), Decoding::Nat(options)) => {
+                let candidates = nat_decode(m, sources, options)?;
+                match self.rescorer {
+                    Some(teacher) => rescore_with_teacher(teacher, sources, &candidates)?,
+                    None => candidates.iter().map(|c| best_candidate(c)).collect(),
+                }
+            }
+            (Model::Ar(_), Decoding::Nat(_)) => return Err(wrong("autoregressive")),
+            (Model::Nat(_), _) => return Err(wrong("non-autoregressive")),
+        })
+    }
 }
 
 /// Decodes token-id sources in length-sorted batches of `batch_size`, returning outputs
 /// in input order.
 pub fn translate_ids<B: Backend>(
-    model: &Transformer<B>,
+    translator: &Translator<'_, B>,
     sources: &[Vec<u32>],
-    decoding: Decoding,
     batch_size: usize,
     show_progress: bool,
 ) -> Result<Vec<Vec<u32>>, TranslateError> {
     let lengths: Vec<usize> = sources.iter().map(|s| s.len()).collect();
-    model.check_source_lengths(&lengths).map_err(|e| match e {
-        ModelError::TooLong { index, .. } | ModelError::Empty { index } => TranslateError::Input {
-            line: index + 1,
-            source: e,
-        },
-        other => other.into(),
-    })?;
+    translator
+        .model
+        .check_source_lengths(&lengths)
+        .map_err(|e| match e {
+            ModelError::TooLong { index, .. } | ModelError::Empty { index } => {
+                TranslateError::Input {
+                    line: index + 1,
+                    source: e,
+                }
+            }
+            other => other.into(),
+        })?;
     let mut outputs = vec![Vec::new(); sources.len()];
     let batches = inference_batches(&lengths, batch_size);
     let mut progress =
         show_progress.then(|| Progress::new("decoding", sources.len() as u64, "sentences"));
     for batch in batches {
         let batch_sources: Vec<Vec<u32>> = batch.iter().map(|&i| sources[i].clone()).collect();
-        let decoded = match decoding {
-            Decoding::Greedy(limit) => greedy(model, &batch_sources, limit)?,
-            Decoding::Beam(options) => beam_search(model, &batch_sources, options)?,
-        };
+        let decoded = translator.decode_batch(&batch_sources)?;
         for (i, out) in batch.iter().zip(decoded) {
             outputs[*i] = out;
         }
@@ -83,15 +192,14 @@ pub fn translate_ids<B: Backend>(
 
 /// Tokenizes, translates and detokenizes sentences.
 pub fn translate_texts<B: Backend>(
-    model: &Transformer<B>,
+    translator: &Translator<'_, B>,
     tokenizer: &Tokenizer,
     texts: &[&str],
-    decoding: Decoding,
     batch_size: usize,
     show_progress: bool,
 ) -> Result<Vec<String>, TranslateError> {
     let sources = tokenizer.encode_batch(texts)?;
-    let outputs = translate_ids(model, &sources, decoding, batch_size, show_progress)?;
+    let outputs = translate_ids(translator, &sources, batch_size, show_progress)?;
     outputs
         .iter()
         .map(|ids| tokenizer.decode(ids).map_err(TranslateError::from))
@@ -115,24 +223,16 @@ pub struct EvalReport {
 
 /// Translates the sources of `pairs` and scores them against their targets.
 pub fn evaluate<B: Backend>(
-    model: &Transformer<B>,
+    translator: &Translator<'_, B>,
     tokenizer: &Tokenizer,
     pairs: &[paragen_data::Pair],
-    decoding: Decoding,
     batch_size: usize,
     show_progress: bool,
 ) -> Result<EvalReport, TranslateError> {
     let sources: Vec<&str> = pairs.iter().map(|p| p.src.as_str()).collect();
     let references: Vec<&str> = pairs.iter().map(|p| p.tgt.as_str()).collect();
     let started = std::time::Instant::now();
-    let hypotheses = translate_texts(
-        model,
-        tokenizer,
-        &sources,
-        decoding,
-        batch_size,
-        show_progress,
-    )?;
+    let hypotheses = translate_texts(translator, tokenizer, &sources, batch_size, show_progress)?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(EvalReport {
         bleu: crate::metrics::corpus_bleu(&hypotheses, &references).score,
@@ -140,7 +240,7 @@ pub fn evaluate<B: Backend>(
         sentences: pairs.len(),
         seconds,
         sentences_per_second: pairs.len() as f64 / seconds.max(1e-9),
-        decoding: decoding.name(),
+        decoding: translator.name(),
         batch_size,
         hypotheses,
     })

@@ -1,0 +1,20 @@
+//! Making paragen models cheaper to run while keeping what they know.
+//!
+//! - [`distill`]: knowledge distillation from an autoregressive teacher. Sequence-level
+//!   KD (Kim & Rush 2016) decodes the training split with the teacher into a new
+//!   prepared-data directory that students train on; word-level KD mixes cross-entropy
+//!   with the KL divergence to the teacher's temperature-softened distribution, for any
+//!   student whose outputs align with the teacher's (AR students).
+//!
+//! Pruning and quantization will join as sibling modules.
+//!
+//! **Depends on:** paragen-backend (test backends), paragen-data, paragen-models,
+//! paragen-train (run directories, translation, the training objective trait), burn.
+//! **Invariant:** never parses command lines; reports progress only through `tracing`
+//! and progress bars.
+
+pub mod distill;
+
+pub use distill::{
+    DistillError, DistillOptions, DistillReport, WordKd, distill_corpus, word_kd_loss,
+};
