@@ -48,3 +48,13 @@ pub fn source_tensor<B: Backend>(
         device,
     )
 }
+
+/// A quick-preset NAT student (encoder and decoder as deep as the teacher's encoder)
+/// with seeded random weights.
+pub fn quick_nat<B: Backend>(device: &B::Device) -> paragen_models::nat::NatStudent<B> {
+    B::seed(device, 0);
+    let mut config = TransformerConfig::quick(8000, SpecialTokens::trained());
+    config.decoder_layers = config.encoder_layers;
+    paragen_models::nat::NatStudent::new(&paragen_models::nat::NatConfig::new(config), device)
+        .expect("valid config")
+}

@@ -26,12 +26,20 @@ pub struct BenchArgs {
     /// Fewer sentences and runs (for CI): a few minutes instead of half an hour.
     #[arg(long)]
     quick: bool,
-    /// Train the quick teacher first if no trained run is found under --models.
+    /// Build the quick models first if no trained run is found under --models: prepare,
+    /// teacher, distilled corpus, then the NAT (on distilled and on raw data) and the
+    /// AR-shallow students.
     #[arg(long)]
     build_models: bool,
-    /// Training minutes for --build-models (default: the quick preset's budget).
+    /// Training minutes of each model for --build-models (default: the quick preset's).
     #[arg(long)]
     train_minutes: Option<f64>,
+    /// Training pairs the teacher distills for --build-models (default: all).
+    #[arg(long)]
+    distill_limit: Option<usize>,
+    /// Teacher beam size when distilling for --build-models.
+    #[arg(long, default_value_t = 4)]
+    distill_beam: usize,
     /// Folder searched (two levels deep) for run directories (those with run.json).
     #[arg(long, default_value = "work")]
     models: PathBuf,
@@ -100,9 +108,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 models_dir.display()
             );
         }
-        build_quick_models(&paragen, &models_dir, args.train_minutes)?;
+        build_quick_models(&paragen, &models_dir, &args)?;
         runs = find_runs(&models_dir, 2);
     }
+    runs.sort_by_key(|r| kind_rank(&run_kind(r)));
     let criterion = if args.skip_criterion {
         Vec::new()
     } else {
@@ -116,8 +125,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let quality = if args.quick { Some("100") } else { None };
     let mut profiles: Vec<(String, Vec<Value>)> = Vec::new();
     let mut roofline = None;
+    // The roofline measures the NAT's forward pass when there is a NAT, else the AR one.
+    let roofline_kind = if runs.iter().any(|r| run_kind(r) == "nat") {
+        "nat"
+    } else {
+        "ar"
+    };
     for run_dir in &runs {
-        for beam in ["1", "4"] {
+        let kind = run_kind(run_dir);
+        for decoding in decodings(run_dir, &kind) {
             let mut per_threads = Vec::new();
             for (i, threads) in args.threads.iter().enumerate() {
                 let mut cmd = Command::new(&paragen);
@@ -130,14 +146,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                         "--model",
                     ])
                     .arg(run_dir)
-                    .args([
-                        "--beam",
-                        beam,
-                        "--time-sentences",
-                        time_sentences,
-                        "--runs",
-                        runs_per_batch,
-                    ]);
+                    .args(&decoding)
+                    .args(["--time-sentences", time_sentences, "--runs", runs_per_batch]);
                 // Quality does not depend on threads: score once.
                 match (i, quality) {
                     (0, Some(n)) => cmd.args(["--quality-sentences", n]),
@@ -145,14 +155,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                     _ => cmd.args(["--quality-sentences", "0"]),
                 };
                 let wants_roofline = roofline.is_none()
-                    && beam == "1"
+                    && kind == roofline_kind
+                    && decoding.is_empty()
                     && *threads == *args.threads.iter().max().unwrap();
                 if wants_roofline {
                     cmd.arg("--roofline");
                 }
                 eprintln!(
-                    "profiling {} beam {beam} with {threads} thread(s)",
-                    run_dir.display()
+                    "profiling {} {} with {threads} thread(s)",
+                    run_dir.display(),
+                    decoding.join(" ")
                 );
                 let output = cmd.output().context("running paragen profile")?;
                 ensure!(
@@ -189,7 +201,7 @@ fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Run directories (with `run.json` and `model.mpk`) at most `depth` levels below `dir`,
-/// in path order.
+/// in path order (sort by [`kind_rank`] for the report).
 fn find_runs(dir: &Path, depth: usize) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -211,6 +223,49 @@ fn find_runs(dir: &Path, depth: usize) -> Vec<PathBuf> {
     runs
 }
 
+/// The `kind` in a run's `run.json` (`ar`, `ar-shallow` or `nat`).
+fn run_kind(run_dir: &Path) -> String {
+    std::fs::read(run_dir.join("run.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        .and_then(|v| v["kind"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "ar".into())
+}
+
+/// Teachers first, then AR students, then NATs: the order the table reads best in.
+fn kind_rank(kind: &str) -> usize {
+    match kind {
+        "ar" => 0,
+        "ar-shallow" => 1,
+        _ => 2,
+    }
+}
+
+/// The `paragen profile` decoding flags measured for a run of `kind`.
+fn decodings(run_dir: &Path, kind: &str) -> Vec<Vec<String>> {
+    let flags = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    match kind {
+        "ar" => vec![flags(&[]), flags(&["--beam", "4"])],
+        "ar-shallow" => vec![flags(&[])],
+        _ => {
+            let mut out = vec![flags(&[]), flags(&["--length-beam", "3"])];
+            let teacher = std::fs::read(run_dir.join("run.json"))
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+                .and_then(|v| v["student"]["teacher"].as_str().map(PathBuf::from))
+                .filter(|t| crate::workspace_root().join(t).join("model.mpk").exists());
+            if let Some(teacher) = teacher {
+                let teacher = teacher.display().to_string();
+                out.push(flags(&["--length-beam", "3", "--rescore-with", &teacher]));
+            }
+            for k in ["2", "4", "10"] {
+                out.push(flags(&["--iterations", k]));
+            }
+            out
+        }
+    }
+}
+
 fn variant_name(run_dir: &Path, models_dir: &Path) -> String {
     run_dir
         .strip_prefix(models_dir)
@@ -219,13 +274,11 @@ fn variant_name(run_dir: &Path, models_dir: &Path) -> String {
         .to_string()
 }
 
-fn build_quick_models(
-    paragen: &Path,
-    models_dir: &Path,
-    minutes: Option<f64>,
-) -> anyhow::Result<()> {
-    let data = models_dir.join("data");
-    let teacher = models_dir.join("teacher");
+/// Trains every variant with the quick presets into `models_dir`, resuming whatever an
+/// earlier call left unfinished.
+fn build_quick_models(paragen: &Path, models_dir: &Path, args: &BenchArgs) -> anyhow::Result<()> {
+    let path = |name: &str| models_dir.join(name).display().to_string();
+    let (data, teacher, distilled) = (path("data"), path("teacher"), path("teacher-distilled"));
     let run = |args: Vec<String>| -> anyhow::Result<()> {
         eprintln!("$ paragen {}", args.join(" "));
         let status = Command::new(paragen)
@@ -235,33 +288,78 @@ fn build_quick_models(
         ensure!(status.success(), "paragen {} failed", args.join(" "));
         Ok(())
     };
-    if !data.join("prepare.json").exists() {
-        run(vec![
-            "prepare".into(),
-            "--out".into(),
-            data.display().to_string(),
-        ])?;
+    let strings = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // Trains `out` unless it is finished; resumes it when an earlier call was cut off.
+    let train = |mut command: Vec<String>, out: &str| -> anyhow::Result<()> {
+        if Path::new(out).join("model.mpk").exists() {
+            return Ok(());
+        }
+        command.extend(strings(&["--out", out]));
+        if Path::new(out).join("trainer.json").exists() {
+            command.push("--resume".into());
+        }
+        if let Some(m) = args.train_minutes {
+            command.extend(strings(&["--max-minutes", &m.to_string()]));
+        }
+        run(command)
+    };
+    if !Path::new(&data).join("prepare.json").exists() {
+        run(strings(&["prepare", "--out", &data]))?;
     }
-    let mut train = vec![
-        "train-teacher".into(),
-        "--data".into(),
-        data.display().to_string(),
-        "--out".into(),
-        teacher.display().to_string(),
-        "--preset".into(),
-        "quick".into(),
-    ];
-    if teacher.join("trainer.json").exists() {
-        train.push("--resume".into());
+    train(
+        strings(&["train-teacher", "--data", &data, "--preset", "quick"]),
+        &teacher,
+    )?;
+    if !Path::new(&distilled).join("train.tsv").exists() {
+        let mut distill = strings(&[
+            "distill",
+            "--teacher",
+            &teacher,
+            "--out",
+            &distilled,
+            "--beam",
+            &args.distill_beam.to_string(),
+        ]);
+        if let Some(limit) = args.distill_limit {
+            distill.extend(strings(&["--limit", &limit.to_string()]));
+        }
+        run(distill)?;
     }
-    if let Some(m) = minutes {
-        train.extend(["--max-minutes".into(), m.to_string()]);
-    }
-    run(train)
+    let student = |kind: &str, data: &str, extra: &[&str]| {
+        let mut command = strings(&[
+            "train-student",
+            "--kind",
+            kind,
+            "--data",
+            data,
+            "--teacher",
+            &teacher,
+        ]);
+        command.extend(strings(extra));
+        command
+    };
+    train(
+        student("nat", &distilled, &["--init-from-teacher"]),
+        &path("nat"),
+    )?;
+    train(
+        student("nat", &data, &["--init-from-teacher"]),
+        &path("nat-raw"),
+    )?;
+    train(student("ar-shallow", &distilled, &[]), &path("ar-shallow"))
 }
 
 fn run_criterion(root: &Path, quick: bool) -> anyhow::Result<Vec<CriterionResult>> {
-    let mut args = vec!["bench", "-p", "paragen-benches", "--bench", "teacher", "--"];
+    let mut args = vec![
+        "bench",
+        "-p",
+        "paragen-benches",
+        "--bench",
+        "teacher",
+        "--bench",
+        "nat",
+        "--",
+    ];
     if quick {
         args.extend([
             "--warm-up-time",
@@ -354,11 +452,7 @@ pub fn build_report(
         let decoding = first["decoding"].as_str().unwrap_or("?").to_string();
         variants.push(Variant {
             name: format!("{name} {decoding}"),
-            kind: if first["decoder_layers"].as_u64() == Some(1) {
-                "ar-shallow".into()
-            } else {
-                first["kind"].as_str().unwrap_or("ar").into()
-            },
+            kind: first["kind"].as_str().unwrap_or("ar").into(),
             decoding,
             bleu: first["bleu"].as_f64().unwrap_or(f64::NAN),
             chrf: first["chrf"].as_f64().unwrap_or(f64::NAN),

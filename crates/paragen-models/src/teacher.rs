@@ -420,7 +420,7 @@ mod tests {
         let model = Transformer::<TestBackend>::new(&config, &device).unwrap();
         let (source, target) = (vec![5u32, 6, 7], vec![8u32, 9]);
         let scores = model
-            .sequence_scores(&[source.clone()], &[target.clone()])
+            .sequence_scores(std::slice::from_ref(&source), std::slice::from_ref(&target))
             .unwrap();
         let src = paragen_data::batch::pad_to_tensor::<TestBackend>(&[&source], 0, &device);
         let mut state = model.start_decoding(&model.encode(src));

@@ -282,6 +282,7 @@ where
         // Seeded per epoch (resume happens at epoch boundaries), so a resumed run draws
         // the same masks as an uninterrupted one.
         let mut rng = StdRng::seed_from_u64(config.seed.wrapping_mul(1_000_003) + epoch as u64);
+        let epoch_started = Instant::now();
         let mut progress =
             Progress::new(&format!("epoch {epoch}"), batches.len() as u64, "batches");
         let (mut loss_sum, mut loss_tokens) = (0.0, 0usize);
@@ -307,7 +308,7 @@ where
                 format!(
                     "loss {:.3} lr {lr:.2e} {:.0} tok/s",
                     loss_sum / loss_tokens as f64,
-                    loss_tokens as f64 / elapsed.max(1e-9)
+                    loss_tokens as f64 / epoch_started.elapsed().as_secs_f64().max(1e-9)
                 )
             });
             if budget.is_some_and(|b| elapsed >= b) {

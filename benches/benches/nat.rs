@@ -1,0 +1,68 @@
+//! Hot paths of the NAT student: one whole parallel forward pass (encoder, length
+//! prediction, all-mask decoder pass, argmax) and one mask-predict iteration (a decoder
+//! pass over a partly masked target on a cached encoding), at batch sizes 1, 8 and 64
+//! and two lengths.
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use paragen_benches::{BenchBackend, quick_nat, source_tensor, sources};
+use paragen_data::SpecialTokens;
+use paragen_models::nat::{NatDecoding, all_mask_input, nat_decode};
+
+/// The same allocator as the `paragen` binary, so timings match what users get.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const BATCHES: [usize; 3] = [1, 8, 64];
+const LENGTHS: [usize; 2] = [16, 48];
+
+fn one_pass(c: &mut Criterion) {
+    let device = Default::default();
+    let model = quick_nat::<BenchBackend>(&device);
+    let mut group = c.benchmark_group("nat/one_pass_decode");
+    for len in LENGTHS {
+        for batch in BATCHES {
+            let srcs = sources(batch, len);
+            group.bench_with_input(
+                BenchmarkId::new(format!("len{len}"), batch),
+                &srcs,
+                |b, srcs| {
+                    b.iter(|| nat_decode(&model, srcs, NatDecoding::default()).expect("fits"))
+                },
+            );
+        }
+    }
+}
+
+fn mask_predict_iteration(c: &mut Criterion) {
+    let device = Default::default();
+    let model = quick_nat::<BenchBackend>(&device);
+    let special = SpecialTokens::trained();
+    let mut group = c.benchmark_group("nat/mask_predict_iteration");
+    for len in LENGTHS {
+        for batch in BATCHES {
+            let encoded = model.encode(source_tensor::<BenchBackend>(batch, len, &device));
+            let input = all_mask_input::<BenchBackend>(
+                &vec![len; batch],
+                special.mask,
+                special.pad,
+                &device,
+            );
+            group.bench_with_input(
+                BenchmarkId::new(format!("len{len}"), batch),
+                &input,
+                |b, input| {
+                    b.iter(|| {
+                        model
+                            .decode(&encoded, input.clone())
+                            .max_dim_with_indices(2)
+                            .1
+                            .into_data()
+                    })
+                },
+            );
+        }
+    }
+}
+
+criterion_group!(benches, one_pass, mask_predict_iteration);
+criterion_main!(benches);
