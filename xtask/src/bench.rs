@@ -346,7 +346,10 @@ fn build_quick_models(paragen: &Path, models_dir: &Path, args: &BenchArgs) -> an
         student("nat", &data, &["--init-from-teacher"]),
         &path("nat-raw"),
     )?;
-    train(student("ar-shallow", &distilled, &[]), &path("ar-shallow"))
+    train(
+        student("ar-shallow", &distilled, &["--init-from-teacher"]),
+        &path("ar-shallow"),
+    )
 }
 
 fn run_criterion(root: &Path, quick: bool) -> anyhow::Result<Vec<CriterionResult>> {

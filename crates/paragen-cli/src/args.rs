@@ -172,8 +172,8 @@ pub struct TrainStudentArgs {
     /// Run directory for checkpoints, config and metrics.
     #[arg(long)]
     pub out: PathBuf,
-    /// Teacher run directory: needed for word-level KD (--kd-weight > 0) and
-    /// --init-from-teacher.
+    /// Teacher run directory: needed for word-level KD of AR students (--kd-weight)
+    /// and for --init-from-teacher.
     #[arg(long)]
     pub teacher: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Preset::Quick)]
@@ -188,7 +188,8 @@ pub struct TrainStudentArgs {
     /// AR student: softmax temperature of word-level KD.
     #[arg(long, default_value_t = 1.0)]
     pub kd_temperature: f64,
-    /// NAT: start from the teacher's embedding and encoder (shapes must match).
+    /// Start from the teacher's weights: embedding, encoder, and as many decoder layers
+    /// as the student has (widths must match; a NAT converges much faster this way).
     #[arg(long, requires = "teacher")]
     pub init_from_teacher: bool,
     #[command(flatten)]

@@ -114,10 +114,10 @@ fn preset_configs(
     }
 }
 
-/// Shapes and schedule of a student: the preset's, with the decoder reshaped for the
-/// kind. A NAT gets as many decoder layers as encoder layers (one pass has to do the
-/// work of many steps); the AR student moves all but one decoder layer to the encoder
-/// (Kasai et al. 2021), keeping the layer count of the teacher preset.
+/// Shapes and schedule of a student: the preset's, reshaped for the kind. A NAT keeps
+/// the teacher's shapes, so it can start from all of the teacher's weights; the AR
+/// student moves all but one decoder layer to the encoder (Kasai et al. 2021), keeping
+/// the layer count of the teacher preset.
 fn student_configs(
     kind: StudentKind,
     preset: Preset,
@@ -126,7 +126,7 @@ fn student_configs(
 ) -> (&'static str, TransformerConfig, TrainConfig) {
     let (name, mut model, train) = preset_configs(preset, vocab, special);
     match kind {
-        StudentKind::Nat => model.decoder_layers = model.encoder_layers,
+        StudentKind::Nat => {}
         StudentKind::ArShallow => {
             model.encoder_layers += model.decoder_layers - 1;
             model.decoder_layers = 1;
@@ -342,7 +342,7 @@ impl BackendTask for TrainStudent {
                     let teacher = teacher
                         .as_ref()
                         .context("--init-from-teacher needs --teacher")?;
-                    model.init_encoder_from(teacher)?;
+                    model.init_from_teacher(teacher)?;
                 }
                 match student.glance_ratio {
                     Some(ratio) => {
@@ -359,7 +359,13 @@ impl BackendTask for TrainStudent {
                 }
             }
             ModelKind::ArShallow | ModelKind::Ar => {
-                let model = Transformer::<B>::new(&config.model, &device)?;
+                let mut model = Transformer::<B>::new(&config.model, &device)?;
+                if student.init_from_teacher && !resume {
+                    let teacher = teacher
+                        .as_ref()
+                        .context("--init-from-teacher needs --teacher")?;
+                    model.init_from_teacher(teacher)?;
+                }
                 match teacher.filter(|_| student.kd_weight > 0.0) {
                     Some(teacher) => {
                         let objective = WordKd::new(

@@ -122,6 +122,30 @@ impl TransformerConfig {
         Ok(())
     }
 
+    /// Whether layers of a model with `other`'s shapes can be copied into one with these:
+    /// same vocabulary, width, heads, feed-forward width and position encoding (layer
+    /// counts may differ).
+    pub fn check_layers_fit(&self, other: &TransformerConfig) -> Result<(), String> {
+        let key = |c: &TransformerConfig| (c.vocab_size, c.d_model, c.n_heads, c.d_ff, c.positions);
+        if key(self) != key(other) {
+            return Err(format!(
+                "cannot copy layers between vocab {} d_model {} ({} heads, d_ff {}, {:?} positions) \
+                 and vocab {} d_model {} ({} heads, d_ff {}, {:?} positions)",
+                other.vocab_size,
+                other.d_model,
+                other.n_heads,
+                other.d_ff,
+                other.positions,
+                self.vocab_size,
+                self.d_model,
+                self.n_heads,
+                self.d_ff,
+                self.positions
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks the invariants the model relies on.
     pub fn validate(&self) -> Result<(), String> {
         if self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {

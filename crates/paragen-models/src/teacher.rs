@@ -76,8 +76,8 @@ pub struct Transformer<B: Backend> {
     learned_positions: Option<Embedding<B>>,
     pub(crate) encoder: Vec<EncoderLayer<B>>,
     pub(crate) encoder_norm: LayerNorm<B>,
-    decoder: Vec<DecoderLayer<B>>,
-    decoder_norm: LayerNorm<B>,
+    pub(crate) decoder: Vec<DecoderLayer<B>>,
+    pub(crate) decoder_norm: LayerNorm<B>,
     dropout: Dropout,
     #[module(skip)]
     config: TransformerConfig,
@@ -239,6 +239,22 @@ impl<B: Backend> Transformer<B> {
     /// Number of trainable scalars.
     pub fn param_count(&self) -> usize {
         self.num_params()
+    }
+
+    /// Starts an AR student from its teacher's weights: the shared embedding and the
+    /// first encoder and decoder layers, as many as both have (a deep-encoder student
+    /// keeps its extra encoder layers random). Widths and vocabulary must match.
+    pub fn init_from_teacher(&mut self, teacher: &Transformer<B>) -> Result<(), ModelError> {
+        self.config
+            .check_layers_fit(teacher.config())
+            .map_err(ModelError::Config)?;
+        self.embedding = teacher.embedding.clone();
+        self.learned_positions = teacher.learned_positions.clone();
+        crate::nat::copy_layers(&mut self.encoder, &teacher.encoder);
+        crate::nat::copy_layers(&mut self.decoder, &teacher.decoder);
+        self.encoder_norm = teacher.encoder_norm.clone();
+        self.decoder_norm = teacher.decoder_norm.clone();
+        Ok(())
     }
 
     /// Length-normalised log-probability of each `targets[i]` (EOS included) given
@@ -441,5 +457,36 @@ mod tests {
             scores[0],
             total / 3.0
         );
+    }
+
+    #[test]
+    fn a_shallow_student_starts_from_the_teachers_encoder() {
+        let device = Default::default();
+        let config = TransformerConfig::tiny(24, SpecialTokens::trained());
+        let teacher = Transformer::<TestBackend>::new(&config, &device).unwrap();
+        let shallow = TransformerConfig {
+            decoder_layers: 1,
+            ..config.clone()
+        };
+        let mut student = Transformer::<TestBackend>::new(&shallow, &device).unwrap();
+        student.init_from_teacher(&teacher).unwrap();
+        let src = paragen_data::batch::pad_to_tensor::<TestBackend>(&[&[5, 6, 7]], 0, &device);
+        student
+            .encode(src.clone())
+            .memory
+            .into_data()
+            .assert_approx_eq::<f32>(
+                &teacher.encode(src).memory.into_data(),
+                burn::tensor::Tolerance::default(),
+            );
+        let other_vocab = Transformer::<TestBackend>::new(
+            &TransformerConfig {
+                vocab_size: 30,
+                ..config
+            },
+            &device,
+        )
+        .unwrap();
+        assert!(student.init_from_teacher(&other_vocab).is_err());
     }
 }

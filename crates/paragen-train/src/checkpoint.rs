@@ -89,7 +89,8 @@ pub struct StudentConfig {
     /// AR students only: word-level KD weight (0: none) and temperature.
     pub kd_weight: f64,
     pub kd_temperature: f64,
-    /// Whether the student started from the teacher's embedding and encoder.
+    /// Whether the student started from the teacher's weights (embedding, encoder, first
+    /// decoder layers).
     pub init_from_teacher: bool,
 }
 
