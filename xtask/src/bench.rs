@@ -648,6 +648,43 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_gets_its_decodings_and_nats_are_rescored_by_their_teacher() {
+        let dir = tempfile::tempdir().unwrap();
+        let write_run = |name: &str, json: Value| {
+            let run = dir.path().join(name);
+            std::fs::create_dir_all(&run).unwrap();
+            std::fs::write(run.join("run.json"), json.to_string()).unwrap();
+            std::fs::write(run.join("model.mpk"), b"").unwrap();
+            run
+        };
+        let teacher = write_run("teacher", serde_json::json!({"kind": "ar"}));
+        let nat = write_run(
+            "nat",
+            serde_json::json!({"kind": "nat", "student": {"teacher": teacher}}),
+        );
+        let orphan = write_run(
+            "orphan",
+            serde_json::json!({"kind": "nat", "student": {"teacher": "/nowhere"}}),
+        );
+        let shallow = write_run("shallow", serde_json::json!({"kind": "ar-shallow"}));
+        let mut runs = find_runs(dir.path(), 2);
+        runs.sort_by_key(|r| kind_rank(&run_kind(r)));
+        assert_eq!(runs[0], teacher);
+        assert_eq!(runs[1], shallow);
+        assert_eq!(decodings(&teacher, "ar").len(), 2);
+        assert_eq!(decodings(&shallow, "ar-shallow").len(), 1);
+        let nat_decodings = decodings(&nat, "nat");
+        assert_eq!(nat_decodings.len(), 6);
+        assert!(
+            nat_decodings
+                .iter()
+                .any(|d| d.contains(&"--rescore-with".to_string()))
+        );
+        // A NAT whose teacher is gone is measured without rescoring rather than failing.
+        assert_eq!(decodings(&orphan, "nat").len(), 5);
+    }
+
+    #[test]
     fn schema_check_rejects_missing_batch_sizes() {
         let mut json = serde_json::to_value(
             build_report(
