@@ -67,6 +67,19 @@ pub struct Variant {
     /// Thread count that gave the reported time, per batch size.
     pub best_threads: BTreeMap<String, usize>,
     pub model_dir: String,
+    /// How the model was made: layers, training data, optimizer steps and minutes.
+    #[serde(default)]
+    pub training: Option<Training>,
+}
+
+/// How a variant's model was trained (from its run directory).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Training {
+    pub encoder_layers: u64,
+    pub decoder_layers: u64,
+    pub data_dir: String,
+    pub steps: u64,
+    pub minutes: f64,
 }
 
 /// Everything `report.json` holds.
@@ -466,6 +479,13 @@ pub fn build_report(
             speedup_vs_teacher_greedy: BTreeMap::new(),
             best_threads,
             model_dir: first["model"].as_str().unwrap_or("").to_string(),
+            training: first["train_steps"].as_u64().map(|steps| Training {
+                encoder_layers: first["encoder_layers"].as_u64().unwrap_or(0),
+                decoder_layers: first["decoder_layers"].as_u64().unwrap_or(0),
+                data_dir: first["data_dir"].as_str().unwrap_or("").to_string(),
+                steps,
+                minutes: first["train_minutes"].as_f64().unwrap_or(f64::NAN),
+            }),
         });
     }
     let reference = variants
@@ -610,7 +630,8 @@ mod tests {
     fn profile(threads: usize, decoding: &str, ms: [f64; 3]) -> Value {
         serde_json::json!({
             "model": "work/teacher", "kind": "ar", "decoding": decoding, "params": 100, "file_bytes": 400,
-            "threads": threads, "decoder_layers": 3, "bleu": 12.5, "chrf": 40.0,
+            "threads": threads, "encoder_layers": 3, "decoder_layers": 3, "bleu": 12.5, "chrf": 40.0,
+            "data_dir": "work/data", "train_steps": 500, "train_minutes": 10.0,
             "timings": {
                 "1": {"ms_per_sentence": ms[0]}, "8": {"ms_per_sentence": ms[1]}, "64": {"ms_per_sentence": ms[2]}
             }
@@ -645,6 +666,12 @@ mod tests {
         assert_eq!(greedy.speedup_vs_teacher_greedy["8"], 1.0);
         assert_eq!(report.variants[1].speedup_vs_teacher_greedy["1"], 0.25);
         assert!((greedy.sentences_per_s["64"] - 1000.0).abs() < 1e-9);
+        assert_eq!(greedy.training.as_ref().unwrap().steps, 500);
+        let table = crate::report::markdown(&report);
+        assert!(
+            table.contains("`work/teacher` (ar, 3+3 layers, trained 10 min / 500 steps"),
+            "{table}"
+        );
     }
 
     #[test]

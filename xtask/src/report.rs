@@ -49,6 +49,28 @@ pub fn markdown(report: &Report) -> String {
             speedup[2]
         ));
     }
+    let mut models: Vec<(&str, &str, &crate::bench::Training)> = Vec::new();
+    for v in &report.variants {
+        if let Some(t) = &v.training
+            && !models.iter().any(|(dir, _, _)| *dir == v.model_dir)
+        {
+            models.push((&v.model_dir, &v.kind, t));
+        }
+    }
+    if !models.is_empty() {
+        out.push_str("\nModels: ");
+        let described: Vec<String> = models
+            .iter()
+            .map(|(dir, kind, t)| {
+                format!(
+                    "`{dir}` ({kind}, {}+{} layers, trained {:.0} min / {} steps on `{}`)",
+                    t.encoder_layers, t.decoder_layers, t.minutes, t.steps, t.data_dir
+                )
+            })
+            .collect();
+        out.push_str(&described.join("; "));
+        out.push_str(".\n");
+    }
     if let Some(r) = &report.roofline {
         out.push_str(&format!(
             "\nRoofline: {} reached {:.1} GFLOP/s against a measured fp32 peak of {:.1} GFLOP/s ({}), {:.0}% of peak.\n",

@@ -707,7 +707,12 @@ fn profile<B: burn::prelude::Backend>(
         "threads": threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         "encoder_layers": config.model.encoder_layers,
         "decoder_layers": config.model.decoder_layers,
+        "data_dir": config.data_dir.display().to_string(),
     });
+    if let Ok(state) = run.load_state() {
+        out["train_steps"] = serde_json::json!(state.step);
+        out["train_minutes"] = serde_json::json!(state.train_seconds / 60.0);
+    }
     let quality_n = args
         .quality_sentences
         .unwrap_or(pairs.len())
