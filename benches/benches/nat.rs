@@ -19,6 +19,8 @@ fn one_pass(c: &mut Criterion) {
     let device = Default::default();
     let model = quick_nat::<BenchBackend>(&device);
     let mut group = c.benchmark_group("nat/one_pass_decode");
+    // Batch 64 takes most of a second per pass here; 10 samples keep the run short.
+    group.sample_size(10);
     for len in LENGTHS {
         for batch in BATCHES {
             let srcs = sources(batch, len);
@@ -38,6 +40,7 @@ fn mask_predict_iteration(c: &mut Criterion) {
     let model = quick_nat::<BenchBackend>(&device);
     let special = SpecialTokens::trained();
     let mut group = c.benchmark_group("nat/mask_predict_iteration");
+    group.sample_size(10);
     for len in LENGTHS {
         for batch in BATCHES {
             let encoded = model.encode(source_tensor::<BenchBackend>(batch, len, &device));
