@@ -344,19 +344,14 @@ impl BackendTask for TrainStudent {
                         .context("--init-from-teacher needs --teacher")?;
                     model.init_from_teacher(teacher)?;
                 }
-                match student.glance_ratio {
-                    Some(ratio) => {
-                        let objective = Glancing {
-                            ratio,
-                            label_smoothing,
-                        };
-                        train_and_report(&run, &config, model, &objective, resume, &device)
-                    }
-                    None => {
-                        let objective = OwnLoss { label_smoothing };
-                        train_and_report(&run, &config, model, &objective, resume, &device)
-                    }
-                }
+                let objective: Box<dyn Objective<B, NatStudent<B>>> = match student.glance_ratio {
+                    Some(ratio) => Box::new(Glancing {
+                        ratio,
+                        label_smoothing,
+                    }),
+                    None => Box::new(OwnLoss { label_smoothing }),
+                };
+                train_and_report(&run, &config, model, objective.as_ref(), resume, &device)
             }
             ModelKind::ArShallow | ModelKind::Ar => {
                 let mut model = Transformer::<B>::new(&config.model, &device)?;
@@ -366,21 +361,17 @@ impl BackendTask for TrainStudent {
                         .context("--init-from-teacher needs --teacher")?;
                     model.init_from_teacher(teacher)?;
                 }
-                match teacher.filter(|_| student.kd_weight > 0.0) {
-                    Some(teacher) => {
-                        let objective = WordKd::new(
+                let objective: Box<dyn Objective<B, Transformer<B>>> =
+                    match teacher.filter(|_| student.kd_weight > 0.0) {
+                        Some(teacher) => Box::new(WordKd::new(
                             teacher,
                             student.kd_temperature,
                             student.kd_weight,
                             label_smoothing,
-                        );
-                        train_and_report(&run, &config, model, &objective, resume, &device)
-                    }
-                    None => {
-                        let objective = OwnLoss { label_smoothing };
-                        train_and_report(&run, &config, model, &objective, resume, &device)
-                    }
-                }
+                        )),
+                        None => Box::new(OwnLoss { label_smoothing }),
+                    };
+                train_and_report(&run, &config, model, objective.as_ref(), resume, &device)
             }
         }
     }
@@ -501,33 +492,57 @@ fn decoding<B: Backend>(
     }
 }
 
+/// A run opened for decoding the way the flags ask: its model, tokenizer and decoding,
+/// plus the AR model that rescores NAT candidates when `--rescore-with` is given.
+struct LoadedRun<B: Backend> {
+    run: RunDir,
+    config: RunConfig,
+    model: Model<B>,
+    tokenizer: paragen_data::Tokenizer,
+    decoding: Decoding,
+    rescorer: Option<Transformer<B>>,
+}
+
+impl<B: Backend> LoadedRun<B> {
+    fn open(dir: &Path, args: &DecodeArgs, device: &B::Device) -> anyhow::Result<Self> {
+        let run = RunDir::new(dir);
+        let (config, model) = run.load_model::<B>(device)?;
+        let (decoding, rescorer) = decoding(args, &model, device)?;
+        let tokenizer = run.load_tokenizer()?;
+        Ok(Self {
+            run,
+            config,
+            model,
+            tokenizer,
+            decoding,
+            rescorer,
+        })
+    }
+
+    fn translator(&self) -> Translator<'_, B> {
+        Translator {
+            model: &self.model,
+            decoding: self.decoding,
+            rescorer: self.rescorer.as_ref(),
+        }
+    }
+}
+
 struct Translate(TranslateArgs);
 
 impl BackendTask for Translate {
     type Output = anyhow::Result<()>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let args = self.0;
-        let run = RunDir::new(&args.model);
-        let (_, model) = run.load_model::<B::InnerBackend>(&device)?;
-        let (decoding, rescorer) = decoding(&args.decode, &model, &device)?;
-        let translator = Translator {
-            model: &model,
-            decoding,
-            rescorer: rescorer.as_ref(),
-        };
-        let tokenizer = run.load_tokenizer()?;
+        let loaded = LoadedRun::<B::InnerBackend>::open(&args.model, &args.decode, &device)?;
+        let (translator, tokenizer) = (loaded.translator(), &loaded.tokenizer);
         let lines = read_lines(args.input.as_deref())?;
         let texts: Vec<&str> = lines.iter().map(|l| l.trim()).collect();
         if let Some(i) = texts.iter().position(|t| t.is_empty()) {
             bail!("input line {} is empty; give one sentence per line", i + 1);
         }
-        let outputs = translate_texts(
-            &translator,
-            &tokenizer,
-            &texts,
-            args.decode.batch_size,
-            true,
-        )?;
+        let outputs =
+            translate_texts(&translator, tokenizer, &texts, args.decode.batch_size, true)?;
         let mut stdout = std::io::stdout().lock();
         for line in outputs {
             writeln!(stdout, "{line}")?;
@@ -565,16 +580,9 @@ fn evaluate_run<B: burn::prelude::Backend>(
     args: &EvalArgs,
     device: &B::Device,
 ) -> anyhow::Result<(EvalReport, Vec<paragen_data::Pair>)> {
-    let run = RunDir::new(&args.model);
-    let (config, model) = run.load_model::<B>(device)?;
-    let (decoding, rescorer) = decoding(&args.decode, &model, device)?;
-    let translator = Translator {
-        model: &model,
-        decoding,
-        rescorer: rescorer.as_ref(),
-    };
-    let tokenizer = run.load_tokenizer()?;
-    let data = PreparedData::new(args.data.clone().unwrap_or(config.data_dir));
+    let loaded = LoadedRun::<B>::open(&args.model, &args.decode, device)?;
+    let (translator, tokenizer) = (loaded.translator(), &loaded.tokenizer);
+    let data = PreparedData::new(args.data.clone().unwrap_or(loaded.config.data_dir.clone()));
     let split = match args.split.as_str() {
         "train" => Split::Train,
         "valid" => Split::Valid,
@@ -586,7 +594,7 @@ fn evaluate_run<B: burn::prelude::Backend>(
     }
     let report = evaluate(
         &translator,
-        &tokenizer,
+        tokenizer,
         &pairs,
         args.decode.batch_size,
         !args.json,
@@ -685,15 +693,9 @@ fn profile<B: burn::prelude::Backend>(
     device: &B::Device,
 ) -> anyhow::Result<()> {
     use paragen_train::bench::{forward_gflops, matmul_peak_gflops, time_decoding};
-    let run = RunDir::new(&args.model);
-    let (config, model) = run.load_model::<B>(device)?;
-    let (decoding, rescorer) = decoding(&args.decode, &model, device)?;
-    let translator = Translator {
-        model: &model,
-        decoding,
-        rescorer: rescorer.as_ref(),
-    };
-    let tokenizer = run.load_tokenizer()?;
+    let loaded = LoadedRun::<B>::open(&args.model, &args.decode, device)?;
+    let (translator, tokenizer) = (loaded.translator(), &loaded.tokenizer);
+    let (run, config, model) = (&loaded.run, &loaded.config, &loaded.model);
     let data = PreparedData::new(args.data.clone().unwrap_or(config.data_dir.clone()));
     let pairs = data.pairs(Split::Test)?;
     let mut out = serde_json::json!({
@@ -718,7 +720,7 @@ fn profile<B: burn::prelude::Backend>(
         .unwrap_or(pairs.len())
         .min(pairs.len());
     if quality_n > 0 {
-        let report = evaluate(&translator, &tokenizer, &pairs[..quality_n], 64, false)?;
+        let report = evaluate(&translator, tokenizer, &pairs[..quality_n], 64, false)?;
         out["bleu"] = serde_json::json!(report.bleu);
         out["chrf"] = serde_json::json!(report.chrf);
         out["quality_sentences"] = serde_json::json!(report.sentences);
@@ -743,7 +745,7 @@ fn profile<B: burn::prelude::Backend>(
     if args.roofline {
         let peak = matmul_peak_gflops::<B>(1024, 5, device);
         let mean_len = sources.iter().map(|s| s.len()).sum::<usize>() / sources.len().max(1);
-        let (achieved, seconds) = forward_gflops(&model, 64, mean_len.max(1), 3);
+        let (achieved, seconds) = forward_gflops(model, 64, mean_len.max(1), 3);
         out["roofline"] = serde_json::json!({
             "peak_gflops": peak,
             "peak_how": "best of 5 fp32 1024x1024x1024 matrix products",
