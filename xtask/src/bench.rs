@@ -261,11 +261,18 @@ fn decodings(run_dir: &Path, kind: &str) -> Vec<Vec<String>> {
         "ar" => vec![flags(&[]), flags(&["--beam", "4"])],
         "ar-shallow" => vec![flags(&[])],
         _ => {
-            let mut out = vec![flags(&[]), flags(&["--length-beam", "3"])];
-            let teacher = std::fs::read(run_dir.join("run.json"))
+            let config = std::fs::read(run_dir.join("run.json"))
                 .ok()
                 .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
-                .and_then(|v| v["student"]["teacher"].as_str().map(PathBuf::from))
+                .unwrap_or_default();
+            // A CTC student has no length to beam over and nothing to refine.
+            if !config["student"]["ctc_upsample"].is_null() {
+                return vec![flags(&[])];
+            }
+            let mut out = vec![flags(&[]), flags(&["--length-beam", "3"])];
+            let teacher = config["student"]["teacher"]
+                .as_str()
+                .map(PathBuf::from)
                 .filter(|t| crate::workspace_root().join(t).join("model.mpk").exists());
             if let Some(teacher) = teacher {
                 let teacher = teacher.display().to_string();
@@ -358,6 +365,10 @@ fn build_quick_models(paragen: &Path, models_dir: &Path, args: &BenchArgs) -> an
     train(
         student("nat", &data, &["--init-from-teacher"]),
         &path("nat-raw"),
+    )?;
+    train(
+        student("nat-ctc", &distilled, &["--init-from-teacher"]),
+        &path("nat-ctc"),
     )?;
     train(
         student("ar-shallow", &distilled, &["--init-from-teacher"]),
@@ -478,7 +489,18 @@ pub fn build_report(
             ms_per_sentence: ms,
             speedup_vs_teacher_greedy: BTreeMap::new(),
             best_threads,
-            model_dir: first["model"].as_str().unwrap_or("").to_string(),
+            // Relative to the workspace, as a reader would type it.
+            model_dir: first["model"]
+                .as_str()
+                .map(|dir| {
+                    let root = crate::workspace_root();
+                    Path::new(dir)
+                        .strip_prefix(&root)
+                        .unwrap_or(Path::new(dir))
+                        .display()
+                        .to_string()
+                })
+                .unwrap_or_default(),
             training: first["train_steps"].as_u64().map(|steps| Training {
                 encoder_layers: first["encoder_layers"].as_u64().unwrap_or(0),
                 decoder_layers: first["decoder_layers"].as_u64().unwrap_or(0),
@@ -694,6 +716,10 @@ mod tests {
             serde_json::json!({"kind": "nat", "student": {"teacher": "/nowhere"}}),
         );
         let shallow = write_run("shallow", serde_json::json!({"kind": "ar-shallow"}));
+        let ctc = write_run(
+            "ctc",
+            serde_json::json!({"kind": "nat", "student": {"teacher": teacher, "ctc_upsample": 2}}),
+        );
         let mut runs = find_runs(dir.path(), 2);
         runs.sort_by_key(|r| kind_rank(&run_kind(r)));
         assert_eq!(runs[0], teacher);
@@ -709,6 +735,8 @@ mod tests {
         );
         // A NAT whose teacher is gone is measured without rescoring rather than failing.
         assert_eq!(decodings(&orphan, "nat").len(), 5);
+        // A CTC student decodes in one pass only.
+        assert_eq!(decodings(&ctc, "nat"), vec![Vec::<String>::new()]);
     }
 
     #[test]

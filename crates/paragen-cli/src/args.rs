@@ -156,6 +156,10 @@ pub enum StudentKind {
     /// Non-autoregressive: predicts the length, then every token at once (CMLM decoder;
     /// glancing training by default).
     Nat,
+    /// Non-autoregressive with a CTC decoder `--upsample` times longer than the source
+    /// (Libovický & Helcl 2018): no length prediction, and repeats and blanks are merged
+    /// away; glancing CTC training by default (Gu & Kong 2021). One pass only.
+    NatCtc,
     /// Autoregressive with a deep encoder and a one-layer decoder (Kasai et al. 2021),
     /// trained with word-level KD: the strongest cheap AR baseline.
     ArShallow,
@@ -182,6 +186,10 @@ pub struct TrainStudentArgs {
     /// (Qian et al. 2021); 0 trains with plain CMLM masking instead.
     #[arg(long, default_value_t = 0.5)]
     pub glance_ratio: f64,
+    /// NAT-CTC: decoder positions per source token (2-3 in the literature; each one
+    /// costs decoder time).
+    #[arg(long, default_value_t = 2)]
+    pub upsample: usize,
     /// AR student: weight of the word-level KD term (0 to 1; 0 is plain cross-entropy).
     #[arg(long, default_value_t = 0.5)]
     pub kd_weight: f64,

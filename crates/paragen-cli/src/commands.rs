@@ -126,7 +126,7 @@ fn student_configs(
 ) -> (&'static str, TransformerConfig, TrainConfig) {
     let (name, mut model, train) = preset_configs(preset, vocab, special);
     match kind {
-        StudentKind::Nat => {}
+        StudentKind::Nat | StudentKind::NatCtc => {}
         StudentKind::ArShallow => {
             model.encoder_layers += model.decoder_layers - 1;
             model.decoder_layers = 1;
@@ -276,6 +276,9 @@ impl BackendTask for TrainStudent {
         if args.kd_temperature <= 0.0 {
             bail!("--kd-temperature must be positive");
         }
+        if args.upsample == 0 {
+            bail!("--upsample must be at least 1");
+        }
         let (run, config) = open_run(&args.out, &args.run, || {
             let tokenizer = PreparedData::new(&args.data).tokenizer()?;
             let (name, model, train) = student_configs(
@@ -284,7 +287,8 @@ impl BackendTask for TrainStudent {
                 tokenizer.vocab_size(),
                 tokenizer.special(),
             );
-            let nat = args.kind == StudentKind::Nat;
+            let ctc = args.kind == StudentKind::NatCtc;
+            let nat = args.kind == StudentKind::Nat || ctc;
             Ok(RunConfig {
                 kind: if nat {
                     ModelKind::Nat
@@ -299,6 +303,7 @@ impl BackendTask for TrainStudent {
                     max_length_offset: 32,
                     length_loss_weight: 0.1,
                     glance_ratio: (nat && args.glance_ratio > 0.0).then_some(args.glance_ratio),
+                    ctc_upsample: ctc.then_some(args.upsample),
                     kd_weight: if nat || args.teacher.is_none() {
                         0.0
                     } else {
@@ -474,9 +479,16 @@ fn decoding<B: Backend>(
             };
             Ok((decoding, None))
         }
-        Model::Nat(_) => {
+        Model::Nat(nat) => {
             if args.beam > 1 {
                 bail!("--beam applies to AR models; a NAT takes --length-beam and --iterations");
+            }
+            let ctc = nat.config().ctc_upsample.is_some();
+            if ctc && (args.iterations > 1 || args.length_beam > 1 || args.rescore_with.is_some()) {
+                bail!(
+                    "this is a CTC student: it decodes in one pass without predicting a \
+                     length, so --iterations, --length-beam and --rescore-with do not apply"
+                );
             }
             let rescorer = match &args.rescore_with {
                 Some(dir) => Some(RunDir::new(dir).load_transformer::<B>(device)?.1),

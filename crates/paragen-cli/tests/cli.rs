@@ -201,7 +201,7 @@ fn distill_train_students_and_decode_them_every_way() {
     let corpus = corpus_slice(dir.path(), 300);
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let (data, teacher, distilled) = (path("data"), path("teacher"), path("distilled"));
-    let (nat, shallow) = (path("nat"), path("shallow"));
+    let (nat, ctc, shallow) = (path("nat"), path("ctc"), path("shallow"));
     ok(&paragen(&[
         "prepare",
         "--corpus",
@@ -263,6 +263,7 @@ fn distill_train_students_and_decode_them_every_way() {
         ok(&paragen(&args));
     };
     student("nat", &nat, &["--init-from-teacher"]);
+    student("nat-ctc", &ctc, &["--init-from-teacher", "--upsample", "3"]);
     student(
         "ar-shallow",
         &shallow,
@@ -274,6 +275,7 @@ fn distill_train_students_and_decode_them_every_way() {
     let nat_config = run_json(&nat);
     assert_eq!(nat_config["kind"], "nat");
     assert_eq!(nat_config["student"]["glance_ratio"], 0.5);
+    assert_eq!(run_json(&ctc)["student"]["ctc_upsample"], 3);
     let shallow_config = run_json(&shallow);
     assert_eq!(shallow_config["kind"], "ar-shallow");
     assert_eq!(shallow_config["model"]["decoder_layers"], 1);
@@ -307,6 +309,12 @@ fn distill_train_students_and_decode_them_every_way() {
     }
     let out = eval(&shallow, &["--beam", "2"]);
     ok(&out);
+    let out = eval(&ctc, &[]);
+    ok(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["decoding"], "ctc3-one-pass");
+    let out = eval(&ctc, &["--iterations", "2"]);
+    assert!(stderr(&out).contains("CTC student"), "{}", stderr(&out));
 
     // Flags of one kind of model are refused on the other, with the reason.
     let out = eval(&teacher, &["--iterations", "2"]);

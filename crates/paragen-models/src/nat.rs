@@ -6,6 +6,12 @@
 //! source, and predicts all tokens at once. Training masks a random number of target
 //! positions and predicts them; a classifier over the pooled encoder output predicts the
 //! target length as an offset from the source length.
+//!
+//! With [`NatConfig::ctc_upsample`] set, the student is a CTC model instead (see
+//! [`ctc`]): no length classifier at inference, a decoder `upsample` times longer than
+//! the source, and blanks.
+
+pub mod ctc;
 
 use burn::nn::{
     Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
@@ -27,6 +33,10 @@ pub struct NatConfig {
     pub max_length_offset: usize,
     /// Weight of the length loss next to the token loss.
     pub length_loss_weight: f64,
+    /// CTC output over a decoder this many times longer than the source, instead of a
+    /// CMLM decoder of the predicted length (`None`). 2-3 in the literature.
+    #[serde(default)]
+    pub ctc_upsample: Option<usize>,
 }
 
 impl NatConfig {
@@ -35,6 +45,7 @@ impl NatConfig {
             transformer,
             max_length_offset: 32,
             length_loss_weight: 0.1,
+            ctc_upsample: None,
         }
     }
 
@@ -247,10 +258,7 @@ impl<B: Backend> NatStudent<B> {
         let special = self.config.transformer.special;
         let encoded = self.encode(src);
         let tgt_lens: Vec<usize> = targets.iter().map(|t| t.len()).collect();
-        let detached = EncoderOutput {
-            memory: encoded.memory.clone().detach(),
-            src_mask: encoded.src_mask.clone(),
-        };
+        let detached = detach(&encoded);
         let input = all_mask_input::<B>(&tgt_lens, special.mask, special.pad, &self.device());
         let width = input.dims()[1];
         let guesses: Vec<i64> = self
@@ -314,6 +322,24 @@ impl<B: Backend> NatStudent<B> {
             .mean();
         token_loss + length_loss * self.config.length_loss_weight
     }
+}
+
+/// The encoder output cut from the autodiff graph, for passes that must not train it.
+fn detach<B: Backend>(encoded: &EncoderOutput<B>) -> EncoderOutput<B> {
+    EncoderOutput {
+        memory: encoded.memory.clone().detach(),
+        src_mask: encoded.src_mask.clone(),
+    }
+}
+
+/// Per position of `logits` (`[batch, time, vocab]`, flattened row-major): the best
+/// token and its log-probability. Cheaper than a full `log_softmax`: only the log of the
+/// normaliser is computed, never the whole log-probability tensor.
+fn best_log_probs<B: Backend>(logits: Tensor<B, 3>) -> (Vec<f32>, Vec<i64>) {
+    let (best, ids) = logits.clone().max_dim_with_indices(2);
+    let normaliser = (logits - best.clone()).exp().sum_dim(2).log();
+    let best: Vec<f32> = (-normaliser).into_data().iter::<f32>().collect();
+    (best, rows_to_vec(ids))
 }
 
 /// Overwrites the first layers of `to` with clones of `from`'s.
@@ -457,6 +483,16 @@ pub fn nat_decode<B: Backend>(
     let config = &model.config().transformer;
     let src_lens: Vec<usize> = sources.iter().map(|s| s.len()).collect();
     config.check_source_lengths(&src_lens)?;
+    if model.config().ctc_upsample.is_some() {
+        if options.iterations > 1 || options.length_beam > 1 {
+            return Err(ModelError::Unsupported(
+                "a CTC student decodes in one pass: its length is not predicted, so there \
+                 is no length beam, and mask-predict needs a CMLM student"
+                    .into(),
+            ));
+        }
+        return ctc::ctc_decode(model, sources, options.collapse_repeats);
+    }
     let device = model.device();
     let special = config.special;
     let slices: Vec<&[u32]> = sources.iter().map(|s| s.as_slice()).collect();
@@ -483,10 +519,7 @@ pub fn nat_decode<B: Backend>(
     for it in 0..iterations {
         let input: Vec<&[u32]> = tokens.iter().map(|t| t.as_slice()).collect();
         let tgt = paragen_data::batch::pad_to_tensor(&input, special.pad, &device);
-        let log_probs = model.decode(&encoded, tgt);
-        let (best, ids) = log_probs.max_dim_with_indices(2);
-        let best: Vec<f32> = best.into_data().iter::<f32>().collect();
-        let ids = rows_to_vec(ids);
+        let (best, ids) = best_log_probs(model.decode_logits(&encoded, tgt));
         for r in 0..rows.len() {
             for j in 0..row_lengths[r] {
                 // Only masked positions are re-predicted (all of them in the first pass).
@@ -805,6 +838,21 @@ mod tests {
             .unwrap();
         let picked = rescore_with_teacher(&teacher, &[source], &[options]).unwrap();
         assert_eq!(picked, vec![targets[best].clone()]);
+    }
+
+    #[test]
+    fn best_log_probs_are_the_maximum_of_the_log_softmax() {
+        let logits = Tensor::<B, 3>::from_data(
+            TensorData::from([[[0.0f32, 2.0, -1.0], [3.0, 3.5, 0.5]]]),
+            &Default::default(),
+        );
+        let (best, ids) = best_log_probs(logits.clone());
+        let (expect, expect_ids) = log_softmax(logits, 2).max_dim_with_indices(2);
+        let expect: Vec<f32> = expect.into_data().iter::<f32>().collect();
+        assert_eq!(ids, rows_to_vec(expect_ids));
+        for (a, b) in best.iter().zip(&expect) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
     }
 
     #[test]

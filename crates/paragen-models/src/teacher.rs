@@ -28,6 +28,8 @@ pub enum ModelError {
     Empty { index: usize },
     #[error("invalid model config: {0}")]
     Config(String),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// The encoder's output for a batch, reused by every decoding step.

@@ -86,6 +86,10 @@ pub struct StudentConfig {
     pub length_loss_weight: f64,
     /// NAT only: GLAT glancing ratio; `None` trains with plain CMLM masking.
     pub glance_ratio: Option<f64>,
+    /// NAT only: a CTC decoder this many times longer than the source instead of the
+    /// CMLM decoder with a length classifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctc_upsample: Option<usize>,
     /// AR students only: word-level KD weight (0: none) and temperature.
     pub kd_weight: f64,
     pub kd_temperature: f64,
@@ -324,6 +328,7 @@ impl RunConfig {
         if let Some(student) = &self.student {
             nat.max_length_offset = student.max_length_offset;
             nat.length_loss_weight = student.length_loss_weight;
+            nat.ctc_upsample = student.ctc_upsample;
         }
         nat
     }

@@ -54,6 +54,9 @@ fn nat_inputs<B: Backend>(
 
 impl<B: Backend> SeqModel<B> for NatStudent<B> {
     fn loss(&self, batch: &[&Example], label_smoothing: f64, rng: &mut StdRng) -> Tensor<B, 1> {
+        if self.config().ctc_upsample.is_some() {
+            return ctc_loss(self, batch, label_smoothing, 0.0, rng);
+        }
         let (src, src_lens, targets) = nat_inputs(self, batch);
         let lengths: Vec<usize> = targets.iter().map(|t| t.len()).collect();
         let masks = sample_cmlm_masks(&lengths, rng);
@@ -66,6 +69,19 @@ impl<B: Backend> SeqModel<B> for NatStudent<B> {
             .map(|c| paragen_models::nat::best_candidate(c))
             .collect())
     }
+}
+
+/// The CTC loss of a CTC student on `batch` (glancing when `glance_ratio > 0`).
+fn ctc_loss<B: Backend>(
+    model: &NatStudent<B>,
+    batch: &[&Example],
+    label_smoothing: f64,
+    glance_ratio: f64,
+    rng: &mut StdRng,
+) -> Tensor<B, 1> {
+    let sources: Vec<&[u32]> = batch.iter().map(|e| e.src.as_slice()).collect();
+    let targets: Vec<Vec<u32>> = batch.iter().map(|e| e.tgt.clone()).collect();
+    model.ctc_loss(&sources, &targets, label_smoothing, glance_ratio, rng)
 }
 
 /// The training loss of a model of type `M` on the backend `B`.
@@ -87,7 +103,8 @@ impl<B: Backend, M: SeqModel<B>> Objective<B, M> for OwnLoss {
     }
 }
 
-/// GLAT's glancing sampling for NAT students (see [`NatStudent::glat_loss`]).
+/// GLAT's glancing sampling for NAT students (see [`NatStudent::glat_loss`]; for CTC
+/// students, [`NatStudent::ctc_loss`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Glancing {
     /// Share of the first pass's wrong tokens revealed to the decoder (GLAT: 0.3-0.5).
@@ -97,6 +114,9 @@ pub struct Glancing {
 
 impl<B: Backend> Objective<B, NatStudent<B>> for Glancing {
     fn loss(&self, model: &NatStudent<B>, batch: &[&Example], rng: &mut StdRng) -> Tensor<B, 1> {
+        if model.config().ctc_upsample.is_some() {
+            return ctc_loss(model, batch, self.label_smoothing, self.ratio, rng);
+        }
         let (src, src_lens, targets) = nat_inputs(model, batch);
         model.glat_loss(
             src,

@@ -119,11 +119,18 @@ impl<'a, B: Backend> Translator<'a, B> {
         }
     }
 
-    /// Short name for reports, e.g. `beam4` or `one-pass-lb3-rescored`.
+    /// Short name for reports, e.g. `beam4`, `one-pass-lb3-rescored` or `ctc2-one-pass`
+    /// (a CTC student with a decoder twice the source length).
     pub fn name(&self) -> String {
+        let mut name = self.decoding.name();
+        if let Model::Nat(nat) = self.model
+            && let Some(upsample) = nat.config().ctc_upsample
+        {
+            name = format!("ctc{upsample}-{name}");
+        }
         match self.rescorer {
-            Some(_) => format!("{}-rescored", self.decoding.name()),
-            None => self.decoding.name(),
+            Some(_) => format!("{name}-rescored"),
+            None => name,
         }
     }
 

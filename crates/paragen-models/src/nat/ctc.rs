@@ -1,0 +1,428 @@
+//! CTC output for the NAT student (Libovický & Helcl 2018; Gu & Kong 2021).
+//!
+//! Instead of predicting the target length, the decoder reads the source tokens, each
+//! copied `upsample` times, and writes one token or a blank per position; the output is
+//! what remains after merging neighbouring repeats and dropping blanks. The CTC loss sums
+//! over every alignment of the reference to those positions, so the model picks its own
+//! length and no longer pays for a token written one position too early: the two
+//! failures of the CMLM one-pass decoder (wrong length, "the the" repeats) go away.
+//!
+//! The blank is the `<mask>` token, which a CTC student never needs otherwise, so the
+//! vocabulary and the teacher's embedding are shared unchanged.
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::module::ctc_loss;
+use rand::seq::SliceRandom;
+
+use super::{NatCandidate, NatStudent};
+use crate::teacher::ModelError;
+
+/// Positions the CTC decoder needs at least to write `target`: one per token plus a
+/// blank between each pair of equal neighbours (they would merge otherwise).
+pub fn ctc_min_positions(target: &[u32]) -> usize {
+    target.len() + target.windows(2).filter(|w| w[0] == w[1]).count()
+}
+
+/// The CTC reading of decoder positions: merges runs of one token, then drops blanks.
+pub fn ctc_collapse(positions: &[u32], blank: u32) -> Vec<u32> {
+    let mut out = Vec::with_capacity(positions.len());
+    let mut previous = None;
+    for &token in positions {
+        if previous != Some(token) && token != blank {
+            out.push(token);
+        }
+        previous = Some(token);
+    }
+    out
+}
+
+/// The most likely alignment of `target` to `frames` positions under the model (Viterbi
+/// over the CTC lattice): the label each position should write, a token or `blank`.
+/// `log_prob(t, k)` is position `t`'s log-probability of `target[k]`, `k = target.len()`
+/// meaning the blank. Returns `None` when the target does not fit in `frames` positions.
+pub fn ctc_best_alignment(
+    target: &[u32],
+    frames: usize,
+    blank: u32,
+    log_prob: impl Fn(usize, usize) -> f32,
+) -> Option<Vec<u32>> {
+    if target.is_empty() || ctc_min_positions(target) > frames {
+        return None;
+    }
+    // Lattice states: blank, target[0], blank, target[1], ..., blank (2S + 1 of them).
+    let states = 2 * target.len() + 1;
+    let label = |s: usize| if s.is_multiple_of(2) { None } else { Some(s / 2) };
+    let emit = |t: usize, s: usize| log_prob(t, label(s).unwrap_or(target.len()));
+    let mut score = vec![f32::NEG_INFINITY; states];
+    let mut back = vec![0u8; frames * states];
+    score[0] = emit(0, 0);
+    score[1] = emit(0, 1);
+    for t in 1..frames {
+        let mut next = vec![f32::NEG_INFINITY; states];
+        for s in 0..states {
+            // Stay, come from the previous state, or skip a blank between two
+            // different tokens.
+            let mut best = (score[s], 0u8);
+            if s >= 1 && score[s - 1] > best.0 {
+                best = (score[s - 1], 1);
+            }
+            let skip = s >= 2 && label(s).is_some() && target[s / 2] != target[s / 2 - 1];
+            if skip && score[s - 2] > best.0 {
+                best = (score[s - 2], 2);
+            }
+            if best.0 > f32::NEG_INFINITY {
+                next[s] = best.0 + emit(t, s);
+                back[t * states + s] = best.1;
+            }
+        }
+        score = next;
+    }
+    // A path ends on the last token or the blank after it.
+    let mut s = if score[states - 1] >= score[states - 2] {
+        states - 1
+    } else {
+        states - 2
+    };
+    let mut path = vec![blank; frames];
+    for t in (0..frames).rev() {
+        path[t] = label(s).map_or(blank, |k| target[k]);
+        s -= usize::from(back[t * states + s]);
+    }
+    Some(path)
+}
+
+impl<B: Backend> NatStudent<B> {
+    /// How many decoder positions a source of `len` tokens gets: `upsample x len`,
+    /// at most the model's position limit.
+    pub fn ctc_positions(&self, len: usize) -> usize {
+        let upsample = self.config.ctc_upsample.unwrap_or(1).max(1);
+        (upsample * len).min(self.config.transformer.max_positions)
+    }
+
+    /// Decoder input of a CTC student: each source token copied `upsample` times, so the
+    /// decoder starts from the source words in order (`[batch, positions]`, padded).
+    pub fn ctc_input(&self, sources: &[&[u32]]) -> Vec<Vec<u32>> {
+        sources
+            .iter()
+            .map(|source| {
+                let frames = self.ctc_positions(source.len());
+                (0..frames)
+                    .map(|t| source[t * source.len() / frames])
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// CTC training loss: label-smoothed, averaged over target tokens. Pairs whose
+    /// target cannot fit the decoder positions are left out (see
+    /// [`ctc_min_positions`]). With `glance_ratio > 0`, a first pass without gradient
+    /// finds the best alignment and `ratio x wrong positions` random positions get
+    /// their aligned label as input (glancing CTC, Gu & Kong 2021).
+    pub fn ctc_loss(
+        &self,
+        sources: &[&[u32]],
+        targets: &[Vec<u32>],
+        label_smoothing: f64,
+        glance_ratio: f64,
+        rng: &mut impl rand::Rng,
+    ) -> Tensor<B, 1> {
+        let special = self.config.transformer.special;
+        let device = self.device();
+        let fits: Vec<usize> = (0..sources.len())
+            .filter(|&i| {
+                !targets[i].is_empty()
+                    && ctc_min_positions(&targets[i]) <= self.ctc_positions(sources[i].len())
+            })
+            .collect();
+        // When nothing fits, only the smoothing term is left to learn from.
+        let chosen: Vec<usize> = if fits.is_empty() {
+            (0..sources.len()).collect()
+        } else {
+            fits.clone()
+        };
+        let sources: Vec<&[u32]> = chosen.iter().map(|&i| sources[i]).collect();
+        let targets: Vec<Vec<u32>> = chosen.iter().map(|&i| targets[i].clone()).collect();
+        let frames: Vec<usize> = sources
+            .iter()
+            .map(|s| self.ctc_positions(s.len()))
+            .collect();
+        let encoded = self.encode(paragen_data::batch::pad_to_tensor(
+            &sources,
+            special.pad,
+            &device,
+        ));
+        let mut input = self.ctc_input(&sources);
+        if glance_ratio > 0.0 {
+            let first = log_softmax(
+                self.decode_logits(
+                    &super::detach(&encoded),
+                    paragen_data::batch::pad_to_tensor(
+                        &paragen_data::batch::as_slices(&input),
+                        special.pad,
+                        &device,
+                    ),
+                ),
+                2,
+            )
+            .detach();
+            glance(&mut input, first, &targets, special.mask, glance_ratio, rng);
+        }
+        let tgt_in = paragen_data::batch::pad_to_tensor(
+            &paragen_data::batch::as_slices(&input),
+            special.pad,
+            &device,
+        );
+        let log_probs = log_softmax(self.decode_logits(&encoded, tgt_in), 2);
+        // Label smoothing: the mean negative log-probability over the vocabulary at every
+        // real position.
+        let [batch, width, _] = log_probs.dims();
+        let keep: Vec<f32> = frames
+            .iter()
+            .flat_map(|&f| (0..width).map(move |t| if t < f { 1.0 } else { 0.0 }))
+            .collect();
+        let keep = Tensor::<B, 2>::from_data(TensorData::new(keep, [batch, width]), &device);
+        let smooth = (-log_probs.clone().mean_dim(2).squeeze_dim::<2>(2) * keep).sum()
+            / frames.iter().sum::<usize>() as f64;
+        if fits.is_empty() {
+            return smooth;
+        }
+        let ints = |v: Vec<i64>| {
+            let n = v.len();
+            Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]).convert::<B::IntElem>(), &device)
+        };
+        let target_tensor = paragen_data::batch::pad_to_tensor::<B>(
+            &paragen_data::batch::as_slices(&targets),
+            special.pad,
+            &device,
+        );
+        let nll = ctc_loss(
+            log_probs.clone().swap_dims(0, 1),
+            target_tensor,
+            ints(frames.iter().map(|&f| f as i64).collect()),
+            ints(targets.iter().map(|t| t.len() as i64).collect()),
+            special.mask as usize,
+        );
+        let tokens: usize = targets.iter().map(|t| t.len()).sum();
+        let ctc = nll.sum() / tokens as f64;
+        ctc * (1.0 - label_smoothing) + smooth * label_smoothing
+    }
+}
+
+/// Glancing for CTC: reveals, per sentence, `ceil(ratio x wrong)` random positions'
+/// best-alignment labels, where `wrong` counts positions whose first-pass argmax differs
+/// from the alignment.
+fn glance<B: Backend>(
+    input: &mut [Vec<u32>],
+    log_probs: Tensor<B, 3>,
+    targets: &[Vec<u32>],
+    blank: u32,
+    ratio: f64,
+    rng: &mut impl rand::Rng,
+) {
+    let [batch, width, vocab] = log_probs.dims();
+    let guesses: Vec<i64> = log_probs
+        .clone()
+        .argmax(2)
+        .into_data()
+        .iter::<i64>()
+        .collect();
+    // Log-probabilities of each target's labels (its tokens, then the blank) only.
+    let labels = targets.iter().map(|t| t.len() + 1).max().unwrap_or(1);
+    let ids: Vec<i64> = targets
+        .iter()
+        .flat_map(|t| {
+            let row: Vec<i64> = (0..labels)
+                .map(|k| i64::from(*t.get(k).unwrap_or(&blank)))
+                .collect();
+            (0..width).flat_map(move |_| row.clone())
+        })
+        .collect();
+    let device = log_probs.device();
+    let ids = Tensor::<B, 3, Int>::from_data(
+        TensorData::new(ids, [batch, width, labels]).convert::<B::IntElem>(),
+        &device,
+    );
+    debug_assert!(labels <= vocab);
+    let picked: Vec<f32> = log_probs.gather(2, ids).into_data().iter::<f32>().collect();
+    for (i, target) in targets.iter().enumerate() {
+        let frames = input[i].len();
+        let at = |t: usize, k: usize| picked[(i * width + t) * labels + k];
+        let Some(path) = ctc_best_alignment(target, frames, blank, at) else {
+            continue;
+        };
+        let wrong: Vec<usize> = (0..frames)
+            .filter(|&t| guesses[i * width + t] != i64::from(path[t]))
+            .collect();
+        let reveal = (ratio * wrong.len() as f64).ceil() as usize;
+        let mut positions: Vec<usize> = (0..frames).collect();
+        positions.shuffle(rng);
+        for &t in positions.iter().take(reveal.min(frames)) {
+            input[i][t] = path[t];
+        }
+    }
+}
+
+/// One parallel CTC pass: argmax at every position, then [`ctc_collapse`]. The score is
+/// the mean best log-probability over the positions.
+pub(super) fn ctc_decode<B: Backend>(
+    model: &NatStudent<B>,
+    sources: &[Vec<u32>],
+    collapse_repeats: bool,
+) -> Result<Vec<Vec<NatCandidate>>, ModelError> {
+    let special = model.config.transformer.special;
+    let device = model.device();
+    let slices: Vec<&[u32]> = sources.iter().map(|s| s.as_slice()).collect();
+    let encoded = model.encode(paragen_data::batch::pad_to_tensor(
+        &slices,
+        special.pad,
+        &device,
+    ));
+    let input = model.ctc_input(&slices);
+    let logits = model.decode_logits(
+        &encoded,
+        paragen_data::batch::pad_to_tensor(
+            &paragen_data::batch::as_slices(&input),
+            special.pad,
+            &device,
+        ),
+    );
+    let width = logits.dims()[1];
+    let (best, ids) = super::best_log_probs(logits);
+    Ok(input
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let frames = row.len();
+            let positions: Vec<u32> = ids[i * width..i * width + frames]
+                .iter()
+                .map(|&t| t as u32)
+                .collect();
+            let tokens = if collapse_repeats {
+                ctc_collapse(&positions, special.mask)
+            } else {
+                positions
+                    .into_iter()
+                    .filter(|&t| t != special.mask)
+                    .collect()
+            };
+            let tokens = tokens
+                .into_iter()
+                .filter(|&t| t != special.eos && t != special.pad && t != special.bos)
+                .collect();
+            let score = best[i * width..i * width + frames].iter().sum::<f32>() / frames as f32;
+            vec![NatCandidate { tokens, score }]
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TransformerConfig;
+    use crate::nat::{NatConfig, NatDecoding, nat_decode};
+    use paragen_backend::TestBackend;
+    use paragen_data::SpecialTokens;
+    use rand::SeedableRng;
+
+    type B = TestBackend;
+
+    fn ctc_student(upsample: usize) -> NatStudent<B> {
+        B::seed(&Default::default(), 3);
+        let mut config = NatConfig::new(TransformerConfig::tiny(24, SpecialTokens::trained()));
+        config.ctc_upsample = Some(upsample);
+        NatStudent::new(&config, &Default::default()).unwrap()
+    }
+
+    #[test]
+    fn the_decoder_reads_each_source_token_upsample_times() {
+        let model = ctc_student(2);
+        let input = model.ctc_input(&[&[5, 6, 7], &[9]]);
+        assert_eq!(input, vec![vec![5, 5, 6, 6, 7, 7], vec![9, 9]]);
+        assert_eq!(
+            model.ctc_positions(1000),
+            model.config().transformer.max_positions
+        );
+    }
+
+    #[test]
+    fn a_ctc_student_decodes_in_one_pass_without_blanks_and_refuses_refinement() {
+        let model = ctc_student(3);
+        let sources = vec![vec![5u32, 6, 7, 8], vec![9, 10]];
+        let out = nat_decode(&model, &sources, NatDecoding::default()).unwrap();
+        assert_eq!(out.len(), 2);
+        for (candidates, source) in out.iter().zip(&sources) {
+            assert_eq!(candidates.len(), 1);
+            let tokens = &candidates[0].tokens;
+            assert!(tokens.len() <= 3 * source.len());
+            assert!(!tokens.contains(&model.config().transformer.special.mask));
+            assert!(candidates[0].score.is_finite() && candidates[0].score <= 0.0);
+        }
+        for options in [
+            NatDecoding {
+                iterations: 2,
+                ..Default::default()
+            },
+            NatDecoding {
+                length_beam: 2,
+                ..Default::default()
+            },
+        ] {
+            let err = nat_decode(&model, &sources, options).unwrap_err();
+            assert!(err.to_string().contains("CTC"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_loss_is_finite_with_and_without_glancing_even_when_a_target_cannot_fit() {
+        let model = ctc_student(2);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let sources: [&[u32]; 2] = [&[5, 6, 7], &[8]];
+        // The second target needs 4 positions (two tokens, a blank between the equal
+        // ones) but its source gets 2: it is left out.
+        let targets = vec![vec![9, 10, 11], vec![12, 12, 13]];
+        for glance in [0.0, 0.5] {
+            let loss = model
+                .ctc_loss(&sources, &targets, 0.1, glance, &mut rng)
+                .into_scalar();
+            assert!(loss.is_finite() && loss > 0.0, "glance {glance}: {loss}");
+        }
+        // Nothing fits: only the smoothing term is left, still finite.
+        let loss = model
+            .ctc_loss(&sources[1..], &targets[1..], 0.1, 0.5, &mut rng)
+            .into_scalar();
+        assert!(loss.is_finite() && loss > 0.0, "{loss}");
+    }
+
+    #[test]
+    fn collapsing_merges_repeats_then_drops_blanks() {
+        let blank = 4;
+        assert_eq!(
+            ctc_collapse(&[7, 7, 4, 7, 9, 9, 4, 4], blank),
+            vec![7, 7, 9]
+        );
+        assert_eq!(ctc_collapse(&[4, 4], blank), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn equal_neighbours_need_a_blank_between_them() {
+        assert_eq!(ctc_min_positions(&[5, 6, 7]), 3);
+        assert_eq!(ctc_min_positions(&[5, 5, 5]), 5);
+    }
+
+    #[test]
+    fn the_best_alignment_follows_the_likeliest_positions_and_collapses_to_the_target() {
+        let (target, blank) = ([10u32, 11, 11], 4);
+        // Position t strongly prefers label `likes[t]` (index into target; 3 = blank).
+        let likes = [0usize, 0, 1, 3, 2, 3];
+        let path = ctc_best_alignment(&target, likes.len(), blank, |t, k| {
+            if likes[t] == k { -0.1 } else { -5.0 }
+        })
+        .unwrap();
+        assert_eq!(path, vec![10, 10, 11, 4, 11, 4]);
+        assert_eq!(ctc_collapse(&path, blank), target.to_vec());
+        // Too few positions for "11 11" (which needs a blank between them).
+        assert!(ctc_best_alignment(&target, 3, blank, |_, _| 0.0).is_none());
+    }
+}
