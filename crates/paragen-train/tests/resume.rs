@@ -1,14 +1,16 @@
 //! A run interrupted after one epoch and resumed must end exactly where an
 //! uninterrupted run ends: same weights, same step, same optimizer and schedule state.
 
+use burn::module::AutodiffModule;
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 use paragen_backend::TestAutodiffBackend;
 use paragen_data::{MalformedLines, Tokenizer, encode_pairs, read_tsv};
 use paragen_models::nat::{NatConfig, NatStudent};
 use paragen_models::{Transformer, TransformerConfig};
 use paragen_train::Model;
-use paragen_train::checkpoint::ModelKind;
-use paragen_train::objective::{Glancing, OwnLoss};
+use paragen_train::checkpoint::{ModelKind, StudentConfig};
+use paragen_train::objective::{Glancing, Objective, OwnLoss, SeqModel};
 use paragen_train::trainer::TrainData;
 use paragen_train::{RunDir, TrainConfig, train};
 
@@ -56,83 +58,81 @@ fn outputs(run: &RunDir, tokenizer: &Tokenizer) -> Vec<f32> {
     model.forward(src, tgt).into_data().iter::<f32>().collect()
 }
 
-#[test]
-fn resumed_run_equals_uninterrupted_run() {
-    let (tokenizer, data) = data();
+/// Two runs of the same model and objective: two epochs straight, and one epoch then a
+/// resumed second (from a fresh model: `resume` must replace its weights).
+struct StraightAndResumed {
+    _dirs: [tempfile::TempDir; 2],
+    straight: RunDir,
+    resumed: RunDir,
+}
+
+fn straight_and_resumed<M>(
+    tokenizer: &Tokenizer,
+    data: &TrainData,
+    fresh: impl Fn() -> M,
+    objective: &dyn Objective<B, M>,
+) -> StraightAndResumed
+where
+    M: AutodiffModule<B> + SeqModel<B>,
+    M::InnerModule: SeqModel<<B as AutodiffBackend>::InnerBackend>,
+{
     let device = Default::default();
-    let two_epochs = TrainConfig {
-        max_epochs: 2,
+    let config = |epochs| TrainConfig {
+        max_epochs: epochs,
         ..TrainConfig::tiny()
     };
-    let one_epoch = TrainConfig {
-        max_epochs: 1,
-        ..TrainConfig::tiny()
+    let run = |dir: &tempfile::TempDir, epochs, resume| {
+        train(
+            &RunDir::new(dir.path()),
+            &config(epochs),
+            tokenizer,
+            data,
+            fresh(),
+            objective,
+            resume,
+            &device,
+        )
+        .unwrap()
     };
-
-    let straight_dir = tempfile::tempdir().unwrap();
-    let straight = RunDir::new(straight_dir.path());
-    let summary = train(
-        &straight,
-        &two_epochs,
-        &tokenizer,
-        &data,
-        fresh_model(&tokenizer),
-        &OWN_LOSS,
-        false,
-        &device,
-    )
-    .unwrap();
+    let (straight, resumed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let summary = run(&straight, 2, false);
     assert_eq!(summary.epochs, 2);
-
-    let resumed_dir = tempfile::tempdir().unwrap();
-    let resumed = RunDir::new(resumed_dir.path());
-    train(
-        &resumed,
-        &one_epoch,
-        &tokenizer,
-        &data,
-        fresh_model(&tokenizer),
-        &OWN_LOSS,
-        false,
-        &device,
-    )
-    .unwrap();
-    // Any model will do: --resume replaces its weights with the saved ones.
-    let summary2 = train(
-        &resumed,
-        &two_epochs,
-        &tokenizer,
-        &data,
-        fresh_model(&tokenizer),
-        &OWN_LOSS,
-        true,
-        &device,
-    )
-    .unwrap();
-
-    assert_eq!(summary2.steps, summary.steps);
-    // Multi-threaded reductions may sum in another order, so allow float noise; a run
-    // that restarted its optimizer or schedule would differ by orders of magnitude more.
-    let (a, b) = (
-        outputs(&resumed, &tokenizer),
-        outputs(&straight, &tokenizer),
-    );
-    let diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
-    assert!(
-        diff < 1e-4,
-        "resumed and uninterrupted runs differ by up to {diff}"
-    );
-    let lines = |dir: &std::path::Path| {
-        std::fs::read_to_string(dir.join("metrics.jsonl"))
+    run(&resumed, 1, false);
+    assert_eq!(run(&resumed, 2, true).steps, summary.steps);
+    let lines = |dir: &tempfile::TempDir| {
+        std::fs::read_to_string(dir.path().join("metrics.jsonl"))
             .unwrap()
             .lines()
             .count()
     };
-    assert_eq!(lines(resumed_dir.path()), 2);
+    assert_eq!(lines(&resumed), 2);
+    StraightAndResumed {
+        straight: RunDir::new(straight.path()),
+        resumed: RunDir::new(resumed.path()),
+        _dirs: [straight, resumed],
+    }
+}
+
+/// Multi-threaded reductions may sum in another order, so allow float noise; a run that
+/// restarted its optimizer or schedule would differ by orders of magnitude more.
+fn assert_close(a: &[f32], b: &[f32], what: &str) {
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff < 1e-4, "{what} differ by up to {diff}");
+}
+
+#[test]
+fn resumed_run_equals_uninterrupted_run() {
+    let (tokenizer, data) = data();
+    let runs = straight_and_resumed(&tokenizer, &data, || fresh_model(&tokenizer), &OWN_LOSS);
+    assert_close(
+        &outputs(&runs.resumed, &tokenizer),
+        &outputs(&runs.straight, &tokenizer),
+        "resumed and uninterrupted runs",
+    );
 }
 
 #[test]
@@ -167,109 +167,80 @@ fn training_lowers_the_loss() {
     assert!(losses[3] < losses[0] - 0.5, "{losses:?}");
 }
 
-fn fresh_nat(tokenizer: &Tokenizer) -> NatStudent<B> {
+fn fresh_nat(tokenizer: &Tokenizer, ctc_upsample: Option<usize>) -> NatStudent<B> {
     let device = Default::default();
     B::seed(&device, 12);
     let config = TransformerConfig {
         max_positions: 256,
         ..TransformerConfig::tiny(tokenizer.vocab_size(), tokenizer.special())
     };
-    NatStudent::new(&NatConfig::new(config), &device).unwrap()
+    let config = NatConfig {
+        ctc_upsample,
+        ..NatConfig::new(config)
+    };
+    NatStudent::new(&config, &device).unwrap()
 }
 
-#[test]
-fn a_glancing_nat_run_resumes_exactly_and_its_checkpoint_reloads() {
+/// A glancing NAT run (CMLM or CTC) resumes exactly, and `run.json` alone rebuilds it to
+/// identical outputs.
+fn glancing_nat_resumes_and_reloads(ctc_upsample: Option<usize>) {
     let (tokenizer, data) = data();
     let device = Default::default();
     let glancing = Glancing {
         ratio: 0.5,
         label_smoothing: 0.1,
     };
-    let config = |epochs| TrainConfig {
-        max_epochs: epochs,
-        ..TrainConfig::tiny()
-    };
-    let straight_dir = tempfile::tempdir().unwrap();
-    let straight = RunDir::new(straight_dir.path());
-    let model = fresh_nat(&tokenizer);
-    train(
-        &straight,
-        &config(2),
-        &tokenizer,
-        &data,
-        model,
-        &glancing,
-        false,
-        &device,
-    )
-    .unwrap();
-    let resumed_dir = tempfile::tempdir().unwrap();
-    let resumed = RunDir::new(resumed_dir.path());
-    let model = fresh_nat(&tokenizer);
-    train(
-        &resumed,
-        &config(1),
-        &tokenizer,
-        &data,
-        model,
-        &glancing,
-        false,
-        &device,
-    )
-    .unwrap();
-    let model = fresh_nat(&tokenizer);
-    train(
-        &resumed,
-        &config(2),
-        &tokenizer,
-        &data,
-        model,
-        &glancing,
-        true,
-        &device,
-    )
-    .unwrap();
-
-    let encoded = |run: &RunDir| -> Vec<f32> {
-        let model = run
-            .load_module::<B, _>("last.mpk", fresh_nat(&tokenizer), &device)
-            .unwrap();
-        let src = paragen_data::batch::pad_to_tensor::<B>(&[&[5, 6, 7, 8]], 0, &device);
-        let encoded = model.encode(src);
-        let input = paragen_models::nat::all_mask_input::<B>(&[3], 4, 0, &device);
-        model
-            .decode(&encoded, input)
-            .into_data()
-            .iter::<f32>()
-            .collect()
-    };
-    let (a, b) = (encoded(&resumed), encoded(&straight));
-    let diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
-    assert!(
-        diff < 1e-4,
-        "resumed and uninterrupted NAT runs differ by up to {diff}"
-    );
-
-    // The run directory rebuilds the NAT from run.json alone and decodes identically.
-    let mut run_config =
-        paragen_train::checkpoint::test_config(tokenizer.vocab_size(), tokenizer.special());
-    run_config.kind = ModelKind::Nat;
-    run_config.model.max_positions = 256;
-    straight.save_config(&run_config).unwrap();
-    let (_, reloaded) = straight.load_model::<B>(&device).unwrap();
-    let Model::Nat(reloaded) = reloaded else {
-        panic!("a nat run reloaded as another kind");
-    };
-    let best = straight
-        .load_module::<B, _>("model.mpk", fresh_nat(&tokenizer), &device)
-        .unwrap();
+    let fresh = || fresh_nat(&tokenizer, ctc_upsample);
+    let runs = straight_and_resumed(&tokenizer, &data, fresh, &glancing);
     let sources = vec![vec![5u32, 6, 7, 8], vec![9, 10]];
     let decode = |m: &NatStudent<B>| {
         paragen_models::nat::nat_decode(m, &sources, Default::default()).unwrap()
     };
+    let scores = |run: &RunDir| -> Vec<f32> {
+        let model = run
+            .load_module::<B, _>("last.mpk", fresh(), &device)
+            .unwrap();
+        decode(&model).iter().flatten().map(|c| c.score).collect()
+    };
+    assert_close(
+        &scores(&runs.resumed),
+        &scores(&runs.straight),
+        "resumed and uninterrupted NAT runs",
+    );
+
+    let mut run_config =
+        paragen_train::checkpoint::test_config(tokenizer.vocab_size(), tokenizer.special());
+    run_config.kind = ModelKind::Nat;
+    run_config.model.max_positions = 256;
+    run_config.student = Some(StudentConfig {
+        teacher: None,
+        max_length_offset: 32,
+        length_loss_weight: 0.1,
+        glance_ratio: Some(0.5),
+        ctc_upsample,
+        kd_weight: 0.0,
+        kd_temperature: 1.0,
+        init_from_teacher: false,
+    });
+    runs.straight.save_config(&run_config).unwrap();
+    let (_, reloaded) = runs.straight.load_model::<B>(&device).unwrap();
+    let Model::Nat(reloaded) = reloaded else {
+        panic!("a nat run reloaded as another kind");
+    };
+    assert_eq!(reloaded.config().ctc_upsample, ctc_upsample);
+    let best = runs
+        .straight
+        .load_module::<B, _>("model.mpk", fresh(), &device)
+        .unwrap();
     assert_eq!(decode(&reloaded), decode(&best));
+}
+
+#[test]
+fn a_glancing_cmlm_nat_run_resumes_exactly_and_its_checkpoint_reloads() {
+    glancing_nat_resumes_and_reloads(None);
+}
+
+#[test]
+fn a_glancing_ctc_nat_run_resumes_exactly_and_its_checkpoint_reloads() {
+    glancing_nat_resumes_and_reloads(Some(2));
 }

@@ -53,7 +53,13 @@ pub fn ctc_best_alignment(
     }
     // Lattice states: blank, target[0], blank, target[1], ..., blank (2S + 1 of them).
     let states = 2 * target.len() + 1;
-    let label = |s: usize| if s.is_multiple_of(2) { None } else { Some(s / 2) };
+    let label = |s: usize| {
+        if s.is_multiple_of(2) {
+            None
+        } else {
+            Some(s / 2)
+        }
+    };
     let emit = |t: usize, s: usize| log_prob(t, label(s).unwrap_or(target.len()));
     let mut score = vec![f32::NEG_INFINITY; states];
     let mut back = vec![0u8; frames * states];
