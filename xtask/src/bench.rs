@@ -697,6 +697,38 @@ mod tests {
     }
 
     #[test]
+    fn the_report_measures_each_nat_against_the_targets() {
+        let nat = |decoding: &str, bleu: f64, ms: f64| {
+            let mut p = profile(1, decoding, [ms, ms, ms]);
+            p["model"] = "work/nat".into();
+            p["kind"] = "nat".into();
+            p["bleu"] = bleu.into();
+            p
+        };
+        let mut beam = profile(1, "beam4", [40.0, 8.0, 4.0]);
+        beam["bleu"] = 20.0.into();
+        let profiles = vec![
+            (
+                "teacher".into(),
+                vec![profile(1, "greedy", [10.0, 4.0, 2.0])],
+            ),
+            ("teacher".into(), vec![beam]),
+            ("nat".into(), vec![nat("one-pass", 5.0, 2.5)]),
+            ("nat".into(), vec![nat("mask-predict-10", 19.0, 30.0)]),
+        ];
+        let report = build_report(profiles, None, Vec::new(), &[1]).unwrap();
+        let targets = crate::report::nat_targets(&report).unwrap();
+        assert!(
+            targets.contains(
+                "`work/nat`: one pass 25% of teacher beam (target 90%) at 4.00x teacher greedy \
+                 speed (target 5x); best (mask-predict-10) 95% (target 97%)."
+            ),
+            "{targets}"
+        );
+        assert!(crate::report::markdown(&report).contains(&targets));
+    }
+
+    #[test]
     fn every_kind_gets_its_decodings_and_nats_are_rescored_by_their_teacher() {
         let dir = tempfile::tempdir().unwrap();
         let write_run = |name: &str, json: Value| {

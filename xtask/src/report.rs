@@ -71,6 +71,9 @@ pub fn markdown(report: &Report) -> String {
         out.push_str(&described.join("; "));
         out.push_str(".\n");
     }
+    if let Some(targets) = nat_targets(report) {
+        out.push_str(&targets);
+    }
     if let Some(r) = &report.roofline {
         out.push_str(&format!(
             "\nRoofline: {} reached {:.1} GFLOP/s against a measured fp32 peak of {:.1} GFLOP/s ({}), {:.0}% of peak.\n",
@@ -82,6 +85,60 @@ pub fn markdown(report: &Report) -> String {
         ));
     }
     out
+}
+
+/// Where every NAT stands against issue 3's targets: one pass at least 90% of the
+/// teacher's beam BLEU and 5x its greedy speed at batch 1; refinement at least 97%.
+/// `None` without a teacher (greedy and beam) or without a NAT.
+pub fn nat_targets(report: &Report) -> Option<String> {
+    let teacher = |decoding: &str| {
+        report
+            .variants
+            .iter()
+            .find(|v| v.kind == "ar" && v.decoding.starts_with(decoding))
+    };
+    let (beam, _greedy) = (teacher("beam")?, teacher("greedy")?);
+    let mut lines = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for nat in report.variants.iter().filter(|v| v.kind == "nat") {
+        if seen.contains(&nat.model_dir.as_str()) {
+            continue;
+        }
+        seen.push(&nat.model_dir);
+        let own: Vec<_> = report
+            .variants
+            .iter()
+            .filter(|v| v.model_dir == nat.model_dir)
+            .collect();
+        let share = |bleu: f64| 100.0 * bleu / beam.bleu;
+        let mut parts = Vec::new();
+        if let Some(one) = own.iter().find(|v| v.decoding.ends_with("one-pass")) {
+            let speedup = one.speedup_vs_teacher_greedy.get("1").copied();
+            parts.push(format!(
+                "one pass {:.0}% of teacher beam (target 90%) at {} teacher greedy speed (target 5x)",
+                share(one.bleu),
+                speedup.map_or("-".into(), |s| format!("{s:.2}x"))
+            ));
+        }
+        if let Some(best) = own.iter().max_by(|a, b| a.bleu.total_cmp(&b.bleu)) {
+            parts.push(format!(
+                "best ({}) {:.0}% (target 97%)",
+                best.decoding,
+                share(best.bleu)
+            ));
+        }
+        lines.push(format!("- `{}`: {}.", nat.model_dir, parts.join("; ")));
+    }
+    (!lines.is_empty()).then(|| {
+        format!(
+            "
+Against the NAT targets (teacher beam BLEU {:.2}):
+{}
+",
+            beam.bleu,
+            lines.join("\n")
+        )
+    })
 }
 
 /// BLEU against batch-1 milliseconds per sentence, one labelled point per variant.
