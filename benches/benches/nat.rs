@@ -1,24 +1,27 @@
 //! Hot paths of the NAT student: one whole parallel forward pass (encoder, length
-//! prediction, all-mask decoder pass, argmax) and one mask-predict iteration (a decoder
+//! prediction, all-mask decoder pass, argmax), the same for the CTC student (decoder
+//! twice the source length, no length prediction), and one mask-predict iteration (a decoder
 //! pass over a partly masked target on a cached encoding), at batch sizes 1, 8 and 64
 //! and two lengths.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use paragen_benches::{BenchBackend, quick_nat, source_tensor, sources};
+use paragen_benches::{BATCHES, BenchBackend, LENGTHS, quick_nat, source_tensor, sources};
 use paragen_data::SpecialTokens;
 use paragen_models::nat::{NatDecoding, all_mask_input, nat_decode};
 
-/// The same allocator as the `paragen` binary, so timings match what users get.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-const BATCHES: [usize; 3] = [1, 8, 64];
-const LENGTHS: [usize; 2] = [16, 48];
-
 fn one_pass(c: &mut Criterion) {
+    one_pass_of(c, "nat/one_pass_decode", None);
+}
+
+/// The CTC student's one pass: its decoder is `upsample` times the source length.
+fn ctc_one_pass(c: &mut Criterion) {
+    one_pass_of(c, "nat/ctc2_one_pass_decode", Some(2));
+}
+
+fn one_pass_of(c: &mut Criterion, name: &str, ctc_upsample: Option<usize>) {
     let device = Default::default();
-    let model = quick_nat::<BenchBackend>(&device);
-    let mut group = c.benchmark_group("nat/one_pass_decode");
+    let model = quick_nat::<BenchBackend>(&device, ctc_upsample);
+    let mut group = c.benchmark_group(name);
     // Batch 64 takes most of a second per pass here; 10 samples keep the run short.
     group.sample_size(10);
     for len in LENGTHS {
@@ -37,7 +40,7 @@ fn one_pass(c: &mut Criterion) {
 
 fn mask_predict_iteration(c: &mut Criterion) {
     let device = Default::default();
-    let model = quick_nat::<BenchBackend>(&device);
+    let model = quick_nat::<BenchBackend>(&device, None);
     let special = SpecialTokens::trained();
     let mut group = c.benchmark_group("nat/mask_predict_iteration");
     group.sample_size(10);
@@ -67,5 +70,5 @@ fn mask_predict_iteration(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, one_pass, mask_predict_iteration);
+criterion_group!(benches, one_pass, ctc_one_pass, mask_predict_iteration);
 criterion_main!(benches);

@@ -3,15 +3,8 @@
 
 use burn::prelude::*;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use paragen_benches::{BenchBackend, quick_teacher, source_tensor, sources};
+use paragen_benches::{BATCHES, BenchBackend, LENGTHS, quick_teacher, source_tensor, sources};
 use paragen_models::{LengthLimit, greedy};
-
-/// The same allocator as the `paragen` binary, so timings match what users get.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-const BATCHES: [usize; 3] = [1, 8, 64];
-const LENGTHS: [usize; 2] = [16, 48];
 
 fn encoder(c: &mut Criterion) {
     let device = Default::default();

@@ -8,6 +8,16 @@ use burn::tensor::TensorData;
 use paragen_data::SpecialTokens;
 use paragen_models::{Transformer, TransformerConfig};
 
+/// The same allocator as the `paragen` binary, so timings match what users get (a
+/// global allocator in a library serves every binary that links it).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Batch sizes every benchmark runs at.
+pub const BATCHES: [usize; 3] = [1, 8, 64];
+/// Source lengths every benchmark runs at, in tokens.
+pub const LENGTHS: [usize; 2] = [16, 48];
+
 /// The CPU backend the benchmarks measure (the default CPU backend of paragen).
 pub type BenchBackend = burn::backend::Flex<f32>;
 
@@ -49,12 +59,19 @@ pub fn source_tensor<B: Backend>(
     )
 }
 
-/// A quick-preset NAT student (encoder and decoder as deep as the teacher's encoder)
-/// with seeded random weights.
-pub fn quick_nat<B: Backend>(device: &B::Device) -> paragen_models::nat::NatStudent<B> {
+/// A quick-preset NAT student with the teacher's shapes (as `train-student` builds it)
+/// and seeded random weights; a CTC student when `ctc_upsample` is given.
+pub fn quick_nat<B: Backend>(
+    device: &B::Device,
+    ctc_upsample: Option<usize>,
+) -> paragen_models::nat::NatStudent<B> {
     B::seed(device, 0);
-    let mut config = TransformerConfig::quick(8000, SpecialTokens::trained());
-    config.decoder_layers = config.encoder_layers;
-    paragen_models::nat::NatStudent::new(&paragen_models::nat::NatConfig::new(config), device)
-        .expect("valid config")
+    let config = paragen_models::nat::NatConfig {
+        ctc_upsample,
+        ..paragen_models::nat::NatConfig::new(TransformerConfig::quick(
+            8000,
+            SpecialTokens::trained(),
+        ))
+    };
+    paragen_models::nat::NatStudent::new(&config, device).expect("valid config")
 }

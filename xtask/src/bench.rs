@@ -27,8 +27,8 @@ pub struct BenchArgs {
     #[arg(long)]
     quick: bool,
     /// Build the quick models first if no trained run is found under --models: prepare,
-    /// teacher, distilled corpus, then the NAT (on distilled and on raw data) and the
-    /// AR-shallow students.
+    /// teacher, distilled corpus, then the CMLM NAT (on distilled and on raw data), the
+    /// CTC NAT and the AR-shallow students.
     #[arg(long)]
     build_models: bool,
     /// Training minutes of each model for --build-models (default: the quick preset's).
