@@ -197,10 +197,14 @@ where
         tokenizer
     };
     run.save_config(config)?;
+    let kind = match config.student.as_ref().and_then(|s| s.ctc_upsample) {
+        Some(upsample) => format!("nat-ctc (decoder {upsample}x the source)"),
+        None => config.kind.name().to_string(),
+    };
     tracing::info!(
         "training a {} {} model: {} parameters, {}+{} layers, d_model {}; run directory {}",
         config.preset,
-        config.kind.name(),
+        kind,
         model.num_params(),
         config.model.encoder_layers,
         config.model.decoder_layers,
