@@ -547,16 +547,7 @@ pub fn nat_decode<B: Backend>(
                 .map(|j| {
                     let r = i * beam + j;
                     let score = probs[r].iter().sum::<f32>() / row_lengths[r].max(1) as f32;
-                    let mut kept: Vec<u32> = tokens[r]
-                        .iter()
-                        .copied()
-                        .filter(|&t| {
-                            t != special.eos
-                                && t != special.pad
-                                && t != special.bos
-                                && t != special.mask
-                        })
-                        .collect();
+                    let mut kept = output_tokens(tokens[r].iter().copied(), special);
                     if options.collapse_repeats {
                         kept.dedup();
                     }
@@ -568,6 +559,18 @@ pub fn nat_decode<B: Backend>(
                 .collect()
         })
         .collect())
+}
+
+/// What a NAT writes for the user: its tokens without BOS, EOS, padding and `<mask>`
+/// (which a CTC student uses as its blank).
+fn output_tokens(
+    tokens: impl IntoIterator<Item = u32>,
+    special: paragen_data::SpecialTokens,
+) -> Vec<u32> {
+    tokens
+        .into_iter()
+        .filter(|&t| t != special.eos && t != special.pad && t != special.bos && t != special.mask)
+        .collect()
 }
 
 /// The candidate with the best average log-probability.

@@ -108,7 +108,7 @@ impl<B: Backend> NatStudent<B> {
     }
 
     /// Decoder input of a CTC student: each source token copied `upsample` times, so the
-    /// decoder starts from the source words in order (`[batch, positions]`, padded).
+    /// decoder starts from the source words in order (one row of positions per source).
     pub fn ctc_input(&self, sources: &[&[u32]]) -> Vec<Vec<u32>> {
         sources
             .iter()
@@ -306,17 +306,10 @@ pub(super) fn ctc_decode<B: Backend>(
                 .map(|&t| t as u32)
                 .collect();
             let tokens = if collapse_repeats {
-                ctc_collapse(&positions, special.mask)
+                super::output_tokens(ctc_collapse(&positions, special.mask), special)
             } else {
-                positions
-                    .into_iter()
-                    .filter(|&t| t != special.mask)
-                    .collect()
+                super::output_tokens(positions, special)
             };
-            let tokens = tokens
-                .into_iter()
-                .filter(|&t| t != special.eos && t != special.pad && t != special.bos)
-                .collect();
             let score = best[i * width..i * width + frames].iter().sum::<f32>() / frames as f32;
             vec![NatCandidate { tokens, score }]
         })
