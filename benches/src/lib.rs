@@ -9,9 +9,10 @@ use paragen_data::SpecialTokens;
 use paragen_models::{Transformer, TransformerConfig};
 
 /// The same allocator as the `paragen` binary, so timings match what users get (a
-/// global allocator in a library serves every binary that links it).
+/// global allocator in a library serves every binary that links it); the model
+/// constructors below also apply its options.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: paragen_backend::allocator::MiMalloc = paragen_backend::allocator::MiMalloc;
 
 /// Batch sizes every benchmark runs at.
 pub const BATCHES: [usize; 3] = [1, 8, 64];
@@ -23,6 +24,7 @@ pub type BenchBackend = burn::backend::Flex<f32>;
 
 /// A quick-preset teacher with seeded random weights (8,000-token vocabulary).
 pub fn quick_teacher<B: Backend>(device: &B::Device) -> Transformer<B> {
+    paragen_backend::allocator::keep_freed_memory();
     B::seed(device, 0);
     Transformer::new(
         &TransformerConfig::quick(8000, SpecialTokens::trained()),
@@ -65,13 +67,12 @@ pub fn quick_nat<B: Backend>(
     device: &B::Device,
     ctc_upsample: Option<usize>,
 ) -> paragen_models::nat::NatStudent<B> {
+    paragen_backend::allocator::keep_freed_memory();
     B::seed(device, 0);
-    let config = paragen_models::nat::NatConfig {
-        ctc_upsample,
-        ..paragen_models::nat::NatConfig::new(TransformerConfig::quick(
-            8000,
-            SpecialTokens::trained(),
-        ))
+    let transformer = TransformerConfig::quick(8000, SpecialTokens::trained());
+    let config = match ctc_upsample {
+        Some(upsample) => paragen_models::nat::NatConfig::ctc(transformer, upsample),
+        None => paragen_models::nat::NatConfig::new(transformer),
     };
     paragen_models::nat::NatStudent::new(&config, device).expect("valid config")
 }

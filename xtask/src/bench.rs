@@ -15,11 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The batch sizes every variant is timed at.
-pub const BATCH_SIZES: [usize; 3] = [1, 8, 64];
+use crate::report::{BATCH_SIZES, CriterionResult, Machine, Report, Training, Variant};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -49,63 +47,6 @@ pub struct BenchArgs {
     /// Skip the criterion benchmarks.
     #[arg(long)]
     skip_criterion: bool,
-}
-
-/// One measured variant, as `report.json` lists it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Variant {
-    pub name: String,
-    pub kind: String,
-    pub decoding: String,
-    pub bleu: f64,
-    pub chrf: f64,
-    pub params: u64,
-    pub file_bytes: u64,
-    pub ms_per_sentence: BTreeMap<String, f64>,
-    pub sentences_per_s: BTreeMap<String, f64>,
-    pub speedup_vs_teacher_greedy: BTreeMap<String, f64>,
-    /// Thread count that gave the reported time, per batch size.
-    pub best_threads: BTreeMap<String, usize>,
-    pub model_dir: String,
-    /// How the model was made: layers, training data, optimizer steps and minutes.
-    #[serde(default)]
-    pub training: Option<Training>,
-}
-
-/// How a variant's model was trained (from its run directory).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Training {
-    pub encoder_layers: u64,
-    pub decoder_layers: u64,
-    pub data_dir: String,
-    pub steps: u64,
-    pub minutes: f64,
-}
-
-/// Everything `report.json` holds.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Report {
-    pub date: String,
-    pub commit: String,
-    pub machine: Machine,
-    pub method: String,
-    pub variants: Vec<Variant>,
-    pub roofline: Option<Value>,
-    pub criterion: Vec<CriterionResult>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Machine {
-    pub cpu: String,
-    pub logical_cpus: usize,
-    pub threads: Vec<usize>,
-    pub backend: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CriterionResult {
-    pub id: String,
-    pub median_ms: f64,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -236,7 +177,7 @@ fn find_runs(dir: &Path, depth: usize) -> Vec<PathBuf> {
     runs
 }
 
-/// The `kind` in a run's `run.json` (`ar`, `ar-shallow` or `nat`).
+/// The `kind` in a run's `run.json` (`ar`, `ar-shallow`, `nat` or `nat-ctc`).
 fn run_kind(run_dir: &Path) -> String {
     std::fs::read(run_dir.join("run.json"))
         .ok()
@@ -259,16 +200,13 @@ fn decodings(run_dir: &Path, kind: &str) -> Vec<Vec<String>> {
     let flags = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     match kind {
         "ar" => vec![flags(&[]), flags(&["--beam", "4"])],
-        "ar-shallow" => vec![flags(&[])],
+        // A CTC student has no length to beam over and nothing to refine.
+        "ar-shallow" | "nat-ctc" => vec![flags(&[])],
         _ => {
             let config = std::fs::read(run_dir.join("run.json"))
                 .ok()
                 .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
                 .unwrap_or_default();
-            // A CTC student has no length to beam over and nothing to refine.
-            if !config["student"]["ctc_upsample"].is_null() {
-                return vec![flags(&[])];
-            }
             let mut out = vec![flags(&[]), flags(&["--length-beam", "3"])];
             let teacher = config["student"]["teacher"]
                 .as_str()
@@ -589,7 +527,7 @@ pub fn validate_report(report: &Value) -> Result<(), String> {
                 .ok_or(format!("{name}: `{key}` is not a string"))?;
         }
         let kind = v["kind"].as_str().unwrap();
-        if !["ar", "ar-shallow", "nat"].contains(&kind) {
+        if !["ar", "ar-shallow", "nat", "nat-ctc"].contains(&kind) {
             return Err(format!("{name}: unknown kind `{kind}`"));
         }
         for key in ["bleu", "chrf"] {
@@ -750,7 +688,7 @@ mod tests {
         let shallow = write_run("shallow", serde_json::json!({"kind": "ar-shallow"}));
         let ctc = write_run(
             "ctc",
-            serde_json::json!({"kind": "nat", "student": {"teacher": teacher, "ctc_upsample": 2}}),
+            serde_json::json!({"kind": "nat-ctc", "student": {"teacher": teacher}}),
         );
         let mut runs = find_runs(dir.path(), 2);
         runs.sort_by_key(|r| kind_rank(&run_kind(r)));
@@ -768,7 +706,7 @@ mod tests {
         // A NAT whose teacher is gone is measured without rescoring rather than failing.
         assert_eq!(decodings(&orphan, "nat").len(), 5);
         // A CTC student decodes in one pass only.
-        assert_eq!(decodings(&ctc, "nat"), vec![Vec::<String>::new()]);
+        assert_eq!(decodings(&ctc, "nat-ctc"), vec![Vec::<String>::new()]);
     }
 
     #[test]

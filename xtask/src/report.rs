@@ -1,11 +1,73 @@
-//! Renders a bench [`Report`](crate::bench::Report): a markdown table, an SVG plot of
-//! BLEU against batch-1 latency, and the generated `docs/results.md`.
+//! The bench [`Report`] (what `report.json` holds) and its renderings: a markdown
+//! table, an SVG plot of BLEU against batch-1 latency, and the generated
+//! `docs/results.md`. `bench.rs` fills it; nothing here runs a model.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use crate::bench::{BATCH_SIZES, Report};
+/// The batch sizes every variant is timed at.
+pub const BATCH_SIZES: [usize; 3] = [1, 8, 64];
+
+/// One measured variant, as `report.json` lists it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Variant {
+    pub name: String,
+    pub kind: String,
+    pub decoding: String,
+    pub bleu: f64,
+    pub chrf: f64,
+    pub params: u64,
+    pub file_bytes: u64,
+    pub ms_per_sentence: BTreeMap<String, f64>,
+    pub sentences_per_s: BTreeMap<String, f64>,
+    pub speedup_vs_teacher_greedy: BTreeMap<String, f64>,
+    /// Thread count that gave the reported time, per batch size.
+    pub best_threads: BTreeMap<String, usize>,
+    pub model_dir: String,
+    /// How the model was made: layers, training data, optimizer steps and minutes.
+    #[serde(default)]
+    pub training: Option<Training>,
+}
+
+/// How a variant's model was trained (from its run directory).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Training {
+    pub encoder_layers: u64,
+    pub decoder_layers: u64,
+    pub data_dir: String,
+    pub steps: u64,
+    pub minutes: f64,
+}
+
+/// Everything `report.json` holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub date: String,
+    pub commit: String,
+    pub machine: Machine,
+    pub method: String,
+    pub variants: Vec<Variant>,
+    pub roofline: Option<Value>,
+    pub criterion: Vec<CriterionResult>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub logical_cpus: usize,
+    pub threads: Vec<usize>,
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CriterionResult {
+    pub id: String,
+    pub median_ms: f64,
+}
 
 fn per_batch(
     values: &std::collections::BTreeMap<String, f64>,
@@ -49,7 +111,7 @@ pub fn markdown(report: &Report) -> String {
             speedup[2]
         ));
     }
-    let mut models: Vec<(&str, &str, &crate::bench::Training)> = Vec::new();
+    let mut models: Vec<(&str, &str, &Training)> = Vec::new();
     for v in &report.variants {
         if let Some(t) = &v.training
             && !models.iter().any(|(dir, _, _)| *dir == v.model_dir)
@@ -100,7 +162,7 @@ pub fn nat_targets(report: &Report) -> Option<String> {
     let (beam, _greedy) = (teacher("beam")?, teacher("greedy")?);
     let mut lines = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
-    for nat in report.variants.iter().filter(|v| v.kind == "nat") {
+    for nat in report.variants.iter().filter(|v| v.kind.starts_with("nat")) {
         if seen.contains(&nat.model_dir.as_str()) {
             continue;
         }

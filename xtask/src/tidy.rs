@@ -2,21 +2,32 @@
 //!
 //! - every crate's `lib.rs` / `main.rs` starts with a `//!` crate doc;
 //! - paragen crates depend on each other only in the direction of the layers
-//!   (backend <- data <- models <- train <- cli); see docs/architecture.md.
+//!   (backend <- data <- models <- infer <- train <- compress <- cli); see
+//!   docs/architecture.md;
+//! - library crates use `paragen-backend` only in tests (a dev-dependency), so a library
+//!   user links no backend they did not choose; only the binary picks backends;
+//! - no source file in `crates/` has more than [`MAX_CODE_LINES`] lines before its tests.
 
 use std::path::Path;
 
 use anyhow::{Context, bail};
 
 /// The layers, lowest first. A crate may depend only on crates before it.
-pub const LAYERS: [&str; 6] = [
+pub const LAYERS: [&str; 7] = [
     "paragen-backend",
     "paragen-data",
     "paragen-models",
+    "paragen-infer",
     "paragen-train",
     "paragen-compress",
     "paragen-cli",
 ];
+
+/// The longest a source file may be, in lines before its `#[cfg(test)]` module.
+pub const MAX_CODE_LINES: usize = 600;
+
+/// The crates that may choose a backend (binaries).
+const PICKS_BACKENDS: [&str; 1] = ["paragen-cli"];
 
 pub fn run() -> anyhow::Result<()> {
     let root = crate::workspace_root();
@@ -32,9 +43,19 @@ pub fn run() -> anyhow::Result<()> {
                 ));
             }
         }
+        if rank > 0
+            && !PICKS_BACKENDS.contains(name)
+            && manifest_depends_on(&dependencies_section(&manifest), LAYERS[0])
+        {
+            problems.push(format!(
+                "{name} has paragen-backend as a normal dependency; libraries use it only in \
+                 tests (move it to [dev-dependencies])"
+            ));
+        }
         for entry in ["src/lib.rs", "src/main.rs"] {
             check_crate_doc(&dir.join(entry), &mut problems);
         }
+        check_file_lengths(&dir.join("src"), &mut problems);
     }
     check_crate_doc(&root.join("xtask/src/main.rs"), &mut problems);
     check_crate_doc(&root.join("benches/src/lib.rs"), &mut problems);
@@ -53,6 +74,50 @@ fn manifest_depends_on(manifest: &str, krate: &str) -> bool {
             || l.starts_with(&format!("{krate} "))
             || l.starts_with(&format!("{krate}="))
     })
+}
+
+/// The `[dependencies]` table of a manifest (not dev- or build-dependencies).
+fn dependencies_section(manifest: &str) -> String {
+    let mut inside = false;
+    let mut out = String::new();
+    for line in manifest.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            inside = trimmed == "[dependencies]";
+        } else if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Lines of `text` before its test module.
+fn code_lines(text: &str) -> usize {
+    text.lines()
+        .take_while(|l| !l.trim_start().starts_with("#[cfg(test)]"))
+        .count()
+}
+
+fn check_file_lengths(dir: &Path, problems: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            check_file_lengths(&path, problems);
+        } else if path.extension().is_some_and(|e| e == "rs")
+            && let Ok(text) = std::fs::read_to_string(&path)
+            && code_lines(&text) > MAX_CODE_LINES
+        {
+            problems.push(format!(
+                "{} has {} lines of code before its tests (at most {MAX_CODE_LINES}): split it",
+                path.display(),
+                code_lines(&text)
+            ));
+        }
+    }
 }
 
 fn check_crate_doc(path: &Path, problems: &mut Vec<String>) {
@@ -83,5 +148,14 @@ mod tests {
             "[dependencies]\nparagen-training = \"1\"\n",
             "paragen-train"
         ));
+    }
+
+    #[test]
+    fn only_normal_dependencies_and_code_before_tests_count() {
+        let manifest = "[dependencies]\nburn = \"1\"\n\n[dev-dependencies]\nparagen-backend.workspace = true\n";
+        let deps = super::dependencies_section(manifest);
+        assert!(!super::manifest_depends_on(&deps, "paragen-backend"));
+        assert!(super::manifest_depends_on(manifest, "paragen-backend"));
+        assert_eq!(super::code_lines("a\nb\n#[cfg(test)]\nmod tests {}\n"), 2);
     }
 }

@@ -8,6 +8,9 @@
 //!
 //! **Depends on:** burn only. **Invariant:** no model, data or training logic lives here.
 
+#[cfg(feature = "allocator")]
+pub mod allocator;
+
 use std::fmt;
 use std::str::FromStr;
 

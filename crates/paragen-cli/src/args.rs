@@ -11,7 +11,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "Fast text generation: train an autoregressive Transformer teacher on parallel text, \
              distill it into a non-autoregressive student that writes every token at once, \
              then translate and evaluate (BLEU and chrF as sacrebleu computes them).",
-    after_help = "Quick start on the shipped English-French corpus:\n  \
+    after_help = "See the shipped release models translate (English to French):\n  \
+                  paragen demo\n\n\
+                  Train from scratch on the shipped corpus:\n  \
                   paragen pipeline --preset quick\n\n\
                   Step by step:\n  \
                   paragen prepare --out work/data\n  \
@@ -67,8 +69,14 @@ pub enum Command {
     Translate(TranslateArgs),
     /// Translate a split of the prepared data and print BLEU and chrF.
     Eval(EvalArgs),
-    /// The whole quick start: prepare, train the teacher, evaluate on the test split.
+    /// Show the shipped release models: evaluate every model in `models/` on the test
+    /// split and print BLEU, chrF and speed side by side, with example translations.
+    Demo(DemoArgs),
+    /// Train from scratch: prepare, train the quick teacher, evaluate on the test split.
     Pipeline(PipelineArgs),
+    /// Make a release model of a run: half-precision weights, test scores and a
+    /// generated TRAINING.md; replaces an older release only if 0.5 BLEU better.
+    Release(ReleaseArgs),
     /// Measure a model for `cargo xtask bench`: quality on a split and decoding speed at
     /// several batch sizes (warm-up, then the median of runs); prints one JSON object.
     Profile(ProfileArgs),
@@ -113,6 +121,16 @@ pub enum Preset {
     Tiny,
 }
 
+impl Preset {
+    pub fn to_lib(self) -> paragen_train::Preset {
+        match self {
+            Preset::Quick => paragen_train::Preset::Quick,
+            Preset::Base => paragen_train::Preset::Base,
+            Preset::Tiny => paragen_train::Preset::Tiny,
+        }
+    }
+}
+
 #[derive(Args, Clone)]
 pub struct TrainArgs {
     /// Prepared data directory (from `paragen prepare`).
@@ -146,9 +164,37 @@ pub struct RunOverrides {
     /// Override the preset's peak learning rate.
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Override the preset's learning-rate warmup, in steps.
+    #[arg(long)]
+    pub warmup_steps: Option<usize>,
     /// Random seed (weights, batch order, masks, dropout).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Override the model's dropout (0 to <1; helps a long run on a small corpus).
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// Start this new run from the best weights of another run of the same kind and
+    /// shapes, e.g. a shipped release model (`--init-from models/teacher`); the
+    /// optimizer and the learning-rate warmup start fresh.
+    #[arg(long, conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
+}
+
+impl RunOverrides {
+    /// The library's form of these flags.
+    pub fn to_lib(&self) -> paragen_train::Overrides {
+        paragen_train::Overrides {
+            resume: self.resume,
+            epochs: self.epochs,
+            max_minutes: self.max_minutes,
+            max_tokens: self.max_tokens,
+            lr: self.lr,
+            warmup_steps: self.warmup_steps,
+            seed: self.seed,
+            dropout: self.dropout,
+            init_from: self.init_from.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -204,6 +250,30 @@ pub struct TrainStudentArgs {
     pub run: RunOverrides,
 }
 
+impl TrainStudentArgs {
+    /// The student kind in the library's terms (with its CTC upsampling).
+    pub fn kind(&self) -> paragen_train::StudentKind {
+        match self.kind {
+            StudentKind::Nat => paragen_train::StudentKind::Nat,
+            StudentKind::NatCtc => paragen_train::StudentKind::NatCtc {
+                upsample: self.upsample,
+            },
+            StudentKind::ArShallow => paragen_train::StudentKind::ArShallow,
+        }
+    }
+
+    /// The student's recipe as `run.json` keeps it.
+    pub fn recipe(&self) -> paragen_train::StudentConfig {
+        paragen_train::StudentConfig {
+            teacher: self.teacher.clone(),
+            glance_ratio: (self.glance_ratio != 0.0).then_some(self.glance_ratio),
+            kd_weight: self.kd_weight,
+            kd_temperature: self.kd_temperature,
+            init_from_teacher: self.init_from_teacher,
+        }
+    }
+}
+
 #[derive(Args, Clone)]
 pub struct DistillArgs {
     /// Teacher run directory.
@@ -255,6 +325,24 @@ pub struct DecodeArgs {
     /// NAT: keep neighbouring repeated tokens instead of merging them.
     #[arg(long)]
     pub keep_repeats: bool,
+}
+
+impl DecodeArgs {
+    /// The library's form of these flags (checked against a model when it is opened).
+    pub fn request(&self) -> paragen_infer::DecodeRequest {
+        paragen_infer::DecodeRequest {
+            beam: self.beam,
+            length_penalty: self.length_penalty,
+            limit: paragen_models::LengthLimit {
+                ratio: self.max_len_ratio,
+                extra: self.max_len_extra,
+            },
+            iterations: self.iterations,
+            length_beam: self.length_beam,
+            rescore: self.rescore_with.is_some(),
+            collapse_repeats: !self.keep_repeats,
+        }
+    }
 }
 
 /// Parses nothing but `T`, so that code which needs `T` with its defaults (the
@@ -322,6 +410,41 @@ pub struct PipelineArgs {
     /// Example translations to print.
     #[arg(long, default_value_t = 5)]
     pub show: usize,
+}
+
+#[derive(Args, Clone)]
+pub struct DemoArgs {
+    /// Directory of release models (each a run directory).
+    #[arg(long, default_value = "models")]
+    pub models: PathBuf,
+    /// Prepared data whose test split is scored (made from --corpus when missing).
+    #[arg(long, default_value = "work/data")]
+    pub data: PathBuf,
+    /// Corpus the data is prepared from when --data does not exist yet.
+    #[arg(long, default_value = "data/bible-en-fr.tsv.gz")]
+    pub corpus: PathBuf,
+    /// Score only the first N test pairs (default: all of them).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Example translations to print.
+    #[arg(long, default_value_t = 3)]
+    pub show: usize,
+}
+
+#[derive(Args, Clone)]
+pub struct ReleaseArgs {
+    /// Run directory to release (its best weights, `model.mpk`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Release directory, e.g. `models/teacher`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Prepared data whose test split scores the release (default: the run's own).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Replace an existing release even if the new one is not 0.5 BLEU better.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Clone)]

@@ -9,13 +9,13 @@ mod commands;
 
 use clap::Parser;
 
-/// Tensor buffers of a few megabytes are allocated and freed at every step; glibc's
-/// malloc returns each one to the kernel (mmap/munmap + page faults), which made a
-/// training step 1.5x slower than with mimalloc, which keeps and reuses them.
+/// mimalloc, kept from returning freed tensor memory to the kernel: see
+/// `paragen_backend::allocator` for the measurements.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: paragen_backend::allocator::MiMalloc = paragen_backend::allocator::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    paragen_backend::allocator::keep_freed_memory();
     let cli = args::Cli::parse();
     let filter = if cli.global.quiet {
         "warn"

@@ -275,11 +275,14 @@ fn distill_train_students_and_decode_them_every_way() {
     let nat_config = run_json(&nat);
     assert_eq!(nat_config["kind"], "nat");
     assert_eq!(nat_config["student"]["glance_ratio"], 0.5);
-    assert_eq!(run_json(&ctc)["student"]["ctc_upsample"], 3);
+    assert_eq!(nat_config["model"]["nat"]["decoder"], "cmlm");
+    let ctc_config = run_json(&ctc);
+    assert_eq!(ctc_config["kind"], "nat-ctc");
+    assert_eq!(ctc_config["model"]["nat"]["decoder"]["ctc"]["upsample"], 3);
     let shallow_config = run_json(&shallow);
     assert_eq!(shallow_config["kind"], "ar-shallow");
-    assert_eq!(shallow_config["model"]["decoder_layers"], 1);
-    assert_eq!(shallow_config["model"]["encoder_layers"], 3);
+    assert_eq!(shallow_config["model"]["ar"]["decoder_layers"], 1);
+    assert_eq!(shallow_config["model"]["ar"]["encoder_layers"], 3);
 
     let eval = |model: &str, extra: &[&str]| -> Output {
         let args = [

@@ -14,11 +14,11 @@ use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
 use paragen_data::batch::Example;
 use paragen_data::{DataError, Pair, PreparedData, Seq2SeqBatch, Split, Tokenizer, fsio};
+use paragen_infer::progress::Progress;
+use paragen_infer::translate::{Decoding, Model, TranslateError, Translator, translate_ids};
 use paragen_models::Transformer;
 use paragen_models::loss::label_smoothed_cross_entropy;
 use paragen_train::objective::Objective;
-use paragen_train::progress::Progress;
-use paragen_train::translate::{Decoding, Model, TranslateError, Translator, translate_ids};
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 

@@ -8,8 +8,9 @@
 //!
 //! Pruning and quantization will join as sibling modules.
 //!
-//! **Depends on:** paragen-backend (test backends), paragen-data, paragen-models,
-//! paragen-train (run directories, translation, the training objective trait), burn.
+//! **Depends on:** paragen-data, paragen-models, paragen-infer (models, translation,
+//! progress), paragen-train (the training objective trait), burn; paragen-backend in
+//! tests only.
 //! **Invariant:** never parses command lines; reports progress only through `tracing`
 //! and progress bars.
 

@@ -12,7 +12,7 @@
 //! - [`prepared`] makes and reads a prepared data directory (splits + tokenizer);
 //! - [`fsio`] writes files atomically (temp file + rename), for every crate above this one.
 //!
-//! **Depends on:** paragen-backend (types only), burn (tensors). **Invariant:** knows
+//! **Depends on:** burn (tensors); paragen-backend only in tests. **Invariant:** knows
 //! nothing about models or training; never prints (it logs through `tracing`).
 
 pub mod batch;

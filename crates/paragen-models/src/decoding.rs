@@ -11,7 +11,8 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::log_softmax;
 
-use crate::teacher::{ModelError, Transformer};
+use crate::error::ModelError;
+use crate::teacher::Transformer;
 
 /// Longest output allowed for a source of `n` tokens: `ceil(ratio * n) + extra`, capped
 /// by the model's positions.

@@ -1,7 +1,10 @@
 //! Building blocks shared by every paragen Transformer: attention with a KV cache,
 //! feed-forward blocks, positional encodings and pre-norm encoder/decoder layers.
 
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
+    Linear, LinearConfig,
+};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::{relu, softmax};
@@ -27,6 +30,107 @@ pub fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
     }
     module.visit(&mut Touch);
     module
+}
+
+/// The encoder's output for a batch, reused by every decoding step.
+#[derive(Clone, Debug)]
+pub struct EncoderOutput<B: Backend> {
+    /// `[batch, src_time, d_model]`
+    pub memory: Tensor<B, 3>,
+    /// `[batch, 1, src_time]`, true at source padding.
+    pub src_mask: Tensor<B, 3, Bool>,
+}
+
+/// Overwrites the first layers of `to` with clones of `from`'s.
+pub(crate) fn copy_layers<L: Clone>(to: &mut [L], from: &[L]) {
+    for (to, from) in to.iter_mut().zip(from) {
+        *to = from.clone();
+    }
+}
+
+/// The input side every paragen model shares: one embedding table for source, target
+/// and output projection, and learned positions when the config asks for them.
+///
+/// Not a module of its own, so that checkpoints keep their parameter names
+/// (`embedding`, `learned_positions`) in every model that holds these fields.
+pub(crate) fn new_embeddings<B: Backend>(
+    config: &crate::config::TransformerConfig,
+    device: &B::Device,
+) -> (Embedding<B>, Option<Embedding<B>>) {
+    let d = config.d_model;
+    // Embeddings start at variance 1/d and are scaled by sqrt(d) (fairseq's recipe),
+    // so token and position signals have the same magnitude.
+    let embedding = EmbeddingConfig::new(config.vocab_size, d)
+        .with_initializer(Initializer::Normal {
+            mean: 0.0,
+            std: (d as f64).powf(-0.5),
+        })
+        .init(device);
+    let learned_positions = (config.positions == crate::config::PositionKind::Learned).then(|| {
+        EmbeddingConfig::new(config.max_positions, d)
+            .with_initializer(Initializer::Normal {
+                mean: 0.0,
+                std: 1.0,
+            })
+            .init(device)
+    });
+    (embedding, learned_positions)
+}
+
+/// Token embeddings scaled by sqrt(d), plus positions `start..start + time` (learned
+/// when `learned_positions` is given, else sinusoidal), then embedding dropout.
+///
+/// # Shapes
+/// - `tokens`: `[batch, time]`; returns `[batch, time, d_model]`.
+pub(crate) fn embed<B: Backend>(
+    embedding: &Embedding<B>,
+    learned_positions: Option<&Embedding<B>>,
+    dropout: &Dropout,
+    tokens: Tensor<B, 2, Int>,
+    start: usize,
+) -> Tensor<B, 3> {
+    let [batch, time] = tokens.dims();
+    let d = embedding.weight.dims()[1];
+    let device = tokens.device();
+    let x = embedding.forward(tokens) * (d as f64).sqrt();
+    let positions = match learned_positions {
+        Some(table) => {
+            let ids = Tensor::<B, 1, Int>::arange(start as i64..(start + time) as i64, &device);
+            table.forward(ids.unsqueeze_dim(0)).squeeze_dim(0)
+        }
+        None => sinusoidal_positions(start, time, d, &device),
+    };
+    dropout.forward(x + positions.unsqueeze_dim::<3>(0).expand([batch, time, d]))
+}
+
+/// The encoder every model shares: embed the padded source, run the layers, normalise.
+pub(crate) fn encode<B: Backend>(
+    embedded: Tensor<B, 3>,
+    src_mask: Tensor<B, 3, Bool>,
+    layers: &[EncoderLayer<B>],
+    norm: &LayerNorm<B>,
+) -> EncoderOutput<B> {
+    let mut x = embedded;
+    for layer in layers {
+        x = layer.forward(x, src_mask.clone());
+    }
+    EncoderOutput {
+        memory: norm.forward(x),
+        src_mask,
+    }
+}
+
+/// Output logits of decoder states through the shared embedding.
+///
+/// # Shapes
+/// - `h`: `[batch, time, d_model]`; returns `[batch, time, vocab]`.
+pub(crate) fn project<B: Backend>(embedding: &Embedding<B>, h: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [batch, time, d] = h.dims();
+    let weight = embedding.weight.val();
+    let vocab = weight.dims()[0];
+    h.reshape([batch * time, d])
+        .matmul(weight.transpose())
+        .reshape([batch, time, vocab])
 }
 
 /// Value added to the attention scores of masked positions (large but finite, so a fully

@@ -7,14 +7,19 @@
 //! - [`teacher`]: the autoregressive encoder-decoder (Vaswani et al. 2017, pre-norm,
 //!   shared embeddings), with full-sequence and cached step-by-step decoding;
 //! - [`decoding`]: batched greedy and beam search on the KV cache;
-//! - [`loss`]: label-smoothed cross-entropy that ignores padding.
+//! - [`nat`]: the non-autoregressive student (CMLM with a length classifier, or CTC),
+//!   its training losses (`nat::loss`, `nat::ctc`) and parallel decoding (`nat::decode`);
+//! - [`loss`]: label-smoothed cross-entropy that ignores padding;
+//! - [`error`]: [`ModelError`], what a model reports about bad input or config.
 //!
-//! **Depends on:** paragen-backend (test backends), paragen-data (special-token ids),
+//! **Depends on:** paragen-data (special-token ids, padding), paragen-backend (only
+//! in tests),
 //! burn. **Invariant:** never reads or writes files and never prints; models are generic
 //! over `B: Backend`.
 
 pub mod config;
 pub mod decoding;
+pub mod error;
 pub mod layers;
 pub mod loss;
 pub mod nat;
@@ -22,4 +27,6 @@ pub mod teacher;
 
 pub use config::{PositionKind, TransformerConfig};
 pub use decoding::{BeamOptions, LengthLimit, beam_search, greedy};
-pub use teacher::{EncoderOutput, ModelError, Transformer};
+pub use error::ModelError;
+pub use layers::EncoderOutput;
+pub use teacher::Transformer;

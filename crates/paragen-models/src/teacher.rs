@@ -4,42 +4,15 @@
 //! deep encoder and a one-layer decoder also the strongest cheap AR baseline.
 
 use burn::module::Param;
-use burn::nn::{
-    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
-};
+use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 
-use crate::config::{PositionKind, TransformerConfig};
+use crate::config::TransformerConfig;
+use crate::error::ModelError;
 use crate::layers::{
-    DecoderLayer, DecoderLayerCache, EncoderLayer, causal_mask, materialize, padding_mask,
-    sinusoidal_positions,
+    DecoderLayer, DecoderLayerCache, EncoderLayer, EncoderOutput, causal_mask, copy_layers,
+    materialize, new_embeddings, padding_mask,
 };
-
-/// Errors a model reports about its inputs.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ModelError {
-    #[error("sentence {index} has {len} tokens, more than the model's limit of {max}")]
-    TooLong {
-        index: usize,
-        len: usize,
-        max: usize,
-    },
-    #[error("sentence {index} is empty")]
-    Empty { index: usize },
-    #[error("invalid model config: {0}")]
-    Config(String),
-    #[error("{0}")]
-    Unsupported(String),
-}
-
-/// The encoder's output for a batch, reused by every decoding step.
-#[derive(Clone, Debug)]
-pub struct EncoderOutput<B: Backend> {
-    /// `[batch, src_time, d_model]`
-    pub memory: Tensor<B, 3>,
-    /// `[batch, 1, src_time]`, true at source padding.
-    pub src_mask: Tensor<B, 3, Bool>,
-}
 
 /// Incremental decoding state: one KV cache per decoder layer.
 #[derive(Clone, Debug)]
@@ -75,7 +48,7 @@ impl<B: Backend> DecoderState<B> {
 #[derive(Module, Debug)]
 pub struct Transformer<B: Backend> {
     pub(crate) embedding: Embedding<B>,
-    learned_positions: Option<Embedding<B>>,
+    pub(crate) learned_positions: Option<Embedding<B>>,
     pub(crate) encoder: Vec<EncoderLayer<B>>,
     pub(crate) encoder_norm: LayerNorm<B>,
     pub(crate) decoder: Vec<DecoderLayer<B>>,
@@ -90,22 +63,7 @@ impl<B: Backend> Transformer<B> {
     pub fn new(config: &TransformerConfig, device: &B::Device) -> Result<Self, ModelError> {
         config.validate().map_err(ModelError::Config)?;
         let d = config.d_model;
-        // Embeddings start at variance 1/d and are scaled by sqrt(d) (fairseq's recipe),
-        // so token and position signals have the same magnitude.
-        let embedding = EmbeddingConfig::new(config.vocab_size, d)
-            .with_initializer(Initializer::Normal {
-                mean: 0.0,
-                std: (d as f64).powf(-0.5),
-            })
-            .init(device);
-        let learned_positions = (config.positions == PositionKind::Learned).then(|| {
-            EmbeddingConfig::new(config.max_positions, d)
-                .with_initializer(Initializer::Normal {
-                    mean: 0.0,
-                    std: 1.0,
-                })
-                .init(device)
-        });
+        let (embedding, learned_positions) = new_embeddings(config, device);
         let layer_args = (config.n_heads, config.d_ff, config.dropout);
         Ok(materialize(Self {
             embedding,
@@ -137,23 +95,14 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// Token embeddings scaled by sqrt(d) plus positions `start..start + time`.
-    ///
-    /// # Shapes
-    /// - `tokens`: `[batch, time]`; returns `[batch, time, d_model]`.
     fn embed(&self, tokens: Tensor<B, 2, Int>, start: usize) -> Tensor<B, 3> {
-        let [batch, time] = tokens.dims();
-        let d = self.config.d_model;
-        let device = tokens.device();
-        let x = self.embedding.forward(tokens) * (d as f64).sqrt();
-        let positions = match &self.learned_positions {
-            Some(table) => {
-                let ids = Tensor::<B, 1, Int>::arange(start as i64..(start + time) as i64, &device);
-                table.forward(ids.unsqueeze_dim(0)).squeeze_dim(0)
-            }
-            None => sinusoidal_positions(start, time, d, &device),
-        };
-        let x = x + positions.unsqueeze_dim::<3>(0).expand([batch, time, d]);
-        self.dropout.forward(x)
+        crate::layers::embed(
+            &self.embedding,
+            self.learned_positions.as_ref(),
+            &self.dropout,
+            tokens,
+            start,
+        )
     }
 
     /// Encodes a padded source batch.
@@ -162,26 +111,16 @@ impl<B: Backend> Transformer<B> {
     /// - `src`: `[batch, src_time]`, padded with the pad id.
     pub fn encode(&self, src: Tensor<B, 2, Int>) -> EncoderOutput<B> {
         let src_mask = padding_mask(&src, self.config.special.pad);
-        let mut x = self.embed(src, 0);
-        for layer in &self.encoder {
-            x = layer.forward(x, src_mask.clone());
-        }
-        EncoderOutput {
-            memory: self.encoder_norm.forward(x),
+        crate::layers::encode(
+            self.embed(src, 0),
             src_mask,
-        }
+            &self.encoder,
+            &self.encoder_norm,
+        )
     }
 
-    /// Output logits of decoder states through the shared embedding.
-    ///
-    /// # Shapes
-    /// - `h`: `[batch, time, d_model]`; returns `[batch, time, vocab]`.
     fn project(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [batch, time, d] = h.dims();
-        let weight = self.embedding.weight.val();
-        h.reshape([batch * time, d])
-            .matmul(weight.transpose())
-            .reshape([batch, time, self.config.vocab_size])
+        crate::layers::project(&self.embedding, h)
     }
 
     /// Teacher-forced decoding of whole target prefixes.
@@ -252,8 +191,8 @@ impl<B: Backend> Transformer<B> {
             .map_err(ModelError::Config)?;
         self.embedding = teacher.embedding.clone();
         self.learned_positions = teacher.learned_positions.clone();
-        crate::nat::copy_layers(&mut self.encoder, &teacher.encoder);
-        crate::nat::copy_layers(&mut self.decoder, &teacher.decoder);
+        copy_layers(&mut self.encoder, &teacher.encoder);
+        copy_layers(&mut self.decoder, &teacher.decoder);
         self.encoder_norm = teacher.encoder_norm.clone();
         self.decoder_norm = teacher.decoder_norm.clone();
         Ok(())
@@ -309,6 +248,7 @@ impl<B: Backend> Transformer<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PositionKind;
     use paragen_backend::TestBackend;
     use paragen_data::SpecialTokens;
 

@@ -1,10 +1,12 @@
 //! Times the parts of one training step (forward, loss, backward, optimizer) on the CPU
-//! backends, to find where training time goes. `cargo run --release --example profile_step`.
+//! backends, to find where training time goes. `cargo run --release --example profile_step`;
+//! `DROPOUT=0.1` sets the dropout, `BACKEND=flex` profiles one backend, `STEPS=N` the
+//! number of steps.
 
 use std::time::Instant;
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: paragen_backend::allocator::MiMalloc = paragen_backend::allocator::MiMalloc;
 
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
@@ -32,7 +34,8 @@ fn profile<B: AutodiffBackend>(name: &str, device: B::Device) {
             &device,
         )
     };
-    for step in 0..4 {
+    let steps = std::env::var("STEPS").map_or(4, |s| s.parse().unwrap());
+    for step in 0..steps {
         let t0 = Instant::now();
         let logits = model.forward(ids(1), ids(2));
         let loss = paragen_models::loss::label_smoothed_cross_entropy(logits, ids(3), 0, 0.1);
@@ -57,6 +60,16 @@ fn profile<B: AutodiffBackend>(name: &str, device: B::Device) {
 }
 
 fn main() {
-    profile::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>("ndarray", Default::default());
-    profile::<burn::backend::Autodiff<burn::backend::Flex<f32>>>("flex", Default::default());
+    paragen_backend::allocator::keep_freed_memory();
+    // BACKEND=flex|ndarray profiles one backend only (for `perf record`).
+    let only = std::env::var("BACKEND").ok();
+    if only.as_deref().is_none_or(|b| b == "ndarray") {
+        profile::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(
+            "ndarray",
+            Default::default(),
+        );
+    }
+    if only.as_deref().is_none_or(|b| b == "flex") {
+        profile::<burn::backend::Autodiff<burn::backend::Flex<f32>>>("flex", Default::default());
+    }
 }

@@ -8,7 +8,7 @@
 use burn::prelude::*;
 use paragen_data::Seq2SeqBatch;
 use paragen_data::batch::{Example, pad_to_tensor};
-use paragen_models::nat::{NatStudent, nat_decode, sample_cmlm_masks};
+use paragen_models::nat::{NatDecoder, NatStudent, nat_decode, sample_cmlm_masks};
 use paragen_models::{LengthLimit, ModelError, Transformer, greedy};
 use rand::rngs::StdRng;
 
@@ -54,7 +54,7 @@ fn nat_inputs<B: Backend>(
 
 impl<B: Backend> SeqModel<B> for NatStudent<B> {
     fn loss(&self, batch: &[&Example], label_smoothing: f64, rng: &mut StdRng) -> Tensor<B, 1> {
-        if self.config().ctc_upsample.is_some() {
+        if let NatDecoder::Ctc { .. } = self.config().decoder {
             return ctc_loss(self, batch, label_smoothing, 0.0, rng);
         }
         let (src, src_lens, targets) = nat_inputs(self, batch);
@@ -114,7 +114,7 @@ pub struct Glancing {
 
 impl<B: Backend> Objective<B, NatStudent<B>> for Glancing {
     fn loss(&self, model: &NatStudent<B>, batch: &[&Example], rng: &mut StdRng) -> Tensor<B, 1> {
-        if model.config().ctc_upsample.is_some() {
+        if let NatDecoder::Ctc { .. } = model.config().decoder {
             return ctc_loss(model, batch, self.label_smoothing, self.ratio, rng);
         }
         let (src, src_lens, targets) = nat_inputs(model, batch);

@@ -20,11 +20,13 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{CheckpointError, RunDir, TrainerState};
+use paragen_infer::progress::Progress;
+use paragen_infer::{
+    CheckpointError, RunDir, TrainerState, TranslateError, corpus_bleu, corpus_chrf,
+};
+
 use crate::clip::clip_global_norm;
-use crate::metrics::{corpus_bleu, corpus_chrf};
 use crate::objective::{Objective, SeqModel};
-use crate::progress::Progress;
 use crate::schedule::InverseSqrtSchedule;
 
 /// Options of a training run (saved in `run.json`).
@@ -108,7 +110,9 @@ pub enum TrainError {
     #[error("the loss became {0} at step {1}; lower the learning rate or check the data")]
     Diverged(f64, usize),
     #[error(transparent)]
-    Translate(#[from] crate::translate::TranslateError),
+    Translate(#[from] TranslateError),
+    #[error("{0}")]
+    Options(String),
 }
 
 /// Data of a run: encoded training pairs and the validation split with its references.
@@ -204,7 +208,7 @@ pub fn validate<B: Backend, M: SeqModel<B>>(
         .iter()
         .map(|ids| tokenizer.decode(ids))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(crate::translate::TranslateError::from)?;
+        .map_err(TranslateError::from)?;
     let references = &data.valid_references[..n];
     Ok(Validation {
         loss,

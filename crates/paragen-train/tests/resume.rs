@@ -6,13 +6,12 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use paragen_backend::TestAutodiffBackend;
 use paragen_data::{MalformedLines, Tokenizer, encode_pairs, read_tsv};
-use paragen_models::nat::{NatConfig, NatStudent};
+use paragen_infer::{Model, ModelConfig, ModelKind, RunConfig, RunDir};
+use paragen_models::nat::{NatConfig, NatDecoder, NatStudent};
 use paragen_models::{Transformer, TransformerConfig};
-use paragen_train::Model;
-use paragen_train::checkpoint::{ModelKind, StudentConfig};
 use paragen_train::objective::{Glancing, Objective, OwnLoss, SeqModel};
 use paragen_train::trainer::TrainData;
-use paragen_train::{RunDir, TrainConfig, train};
+use paragen_train::{StudentConfig, TrainConfig, Training, train};
 
 type B = TestAutodiffBackend;
 
@@ -167,7 +166,7 @@ fn training_lowers_the_loss() {
     assert!(losses[3] < losses[0] - 0.5, "{losses:?}");
 }
 
-fn fresh_nat(tokenizer: &Tokenizer, ctc_upsample: Option<usize>) -> NatStudent<B> {
+fn fresh_nat(tokenizer: &Tokenizer, decoder: NatDecoder) -> NatStudent<B> {
     let device = Default::default();
     B::seed(&device, 12);
     let config = TransformerConfig {
@@ -175,7 +174,7 @@ fn fresh_nat(tokenizer: &Tokenizer, ctc_upsample: Option<usize>) -> NatStudent<B
         ..TransformerConfig::tiny(tokenizer.vocab_size(), tokenizer.special())
     };
     let config = NatConfig {
-        ctc_upsample,
+        decoder,
         ..NatConfig::new(config)
     };
     NatStudent::new(&config, &device).unwrap()
@@ -183,14 +182,14 @@ fn fresh_nat(tokenizer: &Tokenizer, ctc_upsample: Option<usize>) -> NatStudent<B
 
 /// A glancing NAT run (CMLM or CTC) resumes exactly, and `run.json` alone rebuilds it to
 /// identical outputs.
-fn glancing_nat_resumes_and_reloads(ctc_upsample: Option<usize>) {
+fn glancing_nat_resumes_and_reloads(decoder: NatDecoder) {
     let (tokenizer, data) = data();
     let device = Default::default();
     let glancing = Glancing {
         ratio: 0.5,
         label_smoothing: 0.1,
     };
-    let fresh = || fresh_nat(&tokenizer, ctc_upsample);
+    let fresh = || fresh_nat(&tokenizer, decoder);
     let runs = straight_and_resumed(&tokenizer, &data, fresh, &glancing);
     let sources = vec![vec![5u32, 6, 7, 8], vec![9, 10]];
     let decode = |m: &NatStudent<B>| {
@@ -208,26 +207,33 @@ fn glancing_nat_resumes_and_reloads(ctc_upsample: Option<usize>) {
         "resumed and uninterrupted NAT runs",
     );
 
-    let mut run_config =
-        paragen_train::checkpoint::test_config(tokenizer.vocab_size(), tokenizer.special());
-    run_config.kind = ModelKind::Nat;
-    run_config.model.max_positions = 256;
-    run_config.student = Some(StudentConfig {
-        teacher: None,
-        max_length_offset: 32,
-        length_loss_weight: 0.1,
-        glance_ratio: Some(0.5),
-        ctc_upsample,
-        kd_weight: 0.0,
-        kd_temperature: 1.0,
-        init_from_teacher: false,
-    });
+    let run_config = RunConfig {
+        kind: match decoder {
+            NatDecoder::Cmlm => ModelKind::Nat,
+            NatDecoder::Ctc { .. } => ModelKind::NatCtc,
+        },
+        preset: "test".into(),
+        model: ModelConfig::Nat(fresh().config().clone()),
+        data_dir: "data".into(),
+        paragen_version: env!("CARGO_PKG_VERSION").into(),
+        training: Training {
+            train: TrainConfig::tiny(),
+            init_from: None,
+            student: Some(StudentConfig {
+                teacher: None,
+                glance_ratio: Some(0.5),
+                kd_weight: 0.0,
+                kd_temperature: 1.0,
+                init_from_teacher: false,
+            }),
+        },
+    };
     runs.straight.save_config(&run_config).unwrap();
     let (_, reloaded) = runs.straight.load_model::<B>(&device).unwrap();
     let Model::Nat(reloaded) = reloaded else {
         panic!("a nat run reloaded as another kind");
     };
-    assert_eq!(reloaded.config().ctc_upsample, ctc_upsample);
+    assert_eq!(reloaded.config().decoder, decoder);
     let best = runs
         .straight
         .load_module::<B, _>("model.mpk", fresh(), &device)
@@ -237,10 +243,10 @@ fn glancing_nat_resumes_and_reloads(ctc_upsample: Option<usize>) {
 
 #[test]
 fn a_glancing_cmlm_nat_run_resumes_exactly_and_its_checkpoint_reloads() {
-    glancing_nat_resumes_and_reloads(None);
+    glancing_nat_resumes_and_reloads(NatDecoder::Cmlm);
 }
 
 #[test]
 fn a_glancing_ctc_nat_run_resumes_exactly_and_its_checkpoint_reloads() {
-    glancing_nat_resumes_and_reloads(Some(2));
+    glancing_nat_resumes_and_reloads(NatDecoder::Ctc { upsample: 2 });
 }

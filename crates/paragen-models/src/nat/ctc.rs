@@ -16,8 +16,8 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::module::ctc_loss;
 use rand::seq::SliceRandom;
 
-use super::{NatCandidate, NatStudent};
-use crate::teacher::ModelError;
+use super::{NatCandidate, NatDecoder, NatStudent};
+use crate::error::ModelError;
 
 /// Positions the CTC decoder needs at least to write `target`: one per token plus a
 /// blank between each pair of equal neighbours (they would merge otherwise).
@@ -103,7 +103,10 @@ impl<B: Backend> NatStudent<B> {
     /// How many decoder positions a source of `len` tokens gets: `upsample x len`,
     /// at most the model's position limit.
     pub fn ctc_positions(&self, len: usize) -> usize {
-        let upsample = self.config.ctc_upsample.unwrap_or(1).max(1);
+        let upsample = match self.config.decoder {
+            NatDecoder::Ctc { upsample } => upsample.max(1),
+            NatDecoder::Cmlm => 1,
+        };
         (upsample * len).min(self.config.transformer.max_positions)
     }
 
@@ -163,7 +166,7 @@ impl<B: Backend> NatStudent<B> {
         if glance_ratio > 0.0 {
             let first = log_softmax(
                 self.decode_logits(
-                    &super::detach(&encoded),
+                    &super::loss::detach(&encoded),
                     paragen_data::batch::pad_to_tensor(
                         &paragen_data::batch::as_slices(&input),
                         special.pad,
@@ -295,7 +298,7 @@ pub(super) fn ctc_decode<B: Backend>(
         ),
     );
     let width = logits.dims()[1];
-    let (best, ids) = super::best_log_probs(logits);
+    let (best, ids) = super::decode::best_log_probs(logits);
     Ok(input
         .iter()
         .enumerate()
@@ -306,9 +309,9 @@ pub(super) fn ctc_decode<B: Backend>(
                 .map(|&t| t as u32)
                 .collect();
             let tokens = if collapse_repeats {
-                super::output_tokens(ctc_collapse(&positions, special.mask), special)
+                super::decode::output_tokens(ctc_collapse(&positions, special.mask), special)
             } else {
-                super::output_tokens(positions, special)
+                super::decode::output_tokens(positions, special)
             };
             let score = best[i * width..i * width + frames].iter().sum::<f32>() / frames as f32;
             vec![NatCandidate { tokens, score }]
@@ -330,7 +333,7 @@ mod tests {
     fn ctc_student(upsample: usize) -> NatStudent<B> {
         B::seed(&Default::default(), 3);
         let mut config = NatConfig::new(TransformerConfig::tiny(24, SpecialTokens::trained()));
-        config.ctc_upsample = Some(upsample);
+        config.decoder = crate::nat::NatDecoder::Ctc { upsample };
         NatStudent::new(&config, &Default::default()).unwrap()
     }
 

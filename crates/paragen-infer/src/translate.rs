@@ -4,15 +4,19 @@ use burn::prelude::*;
 use paragen_data::batch::inference_batches;
 use paragen_data::{Tokenizer, TokenizerError};
 use paragen_models::nat::{
-    NatDecoding, NatStudent, best_candidate, nat_decode, rescore_with_teacher,
+    NatDecoder, NatDecoding, NatStudent, best_candidate, nat_decode, rescore_with_teacher,
 };
 use paragen_models::{BeamOptions, LengthLimit, ModelError, Transformer, beam_search, greedy};
 use serde::{Deserialize, Serialize};
 
 use crate::progress::Progress;
+use crate::run_dir::ModelConfig;
 
 /// A trained model of any kind, ready to translate.
 #[derive(Clone, Debug)]
+// One `Model` exists per loaded run and lives as long as it: the size difference of
+// the variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Model<B: Backend> {
     /// Autoregressive: the teacher or an AR student.
     Ar(Transformer<B>),
@@ -21,6 +25,14 @@ pub enum Model<B: Backend> {
 }
 
 impl<B: Backend> Model<B> {
+    /// A freshly initialised model of the config's kind and shapes.
+    pub fn new(config: &ModelConfig, device: &B::Device) -> Result<Self, ModelError> {
+        Ok(match config {
+            ModelConfig::Ar(c) => Model::Ar(Transformer::new(c, device)?),
+            ModelConfig::Nat(c) => Model::Nat(NatStudent::new(c, device)?),
+        })
+    }
+
     pub fn param_count(&self) -> usize {
         match self {
             Model::Ar(m) => m.param_count(),
@@ -80,6 +92,80 @@ impl Decoding {
     }
 }
 
+/// What a user asks of decoding, before it is checked against a model (the flags of
+/// `paragen translate|eval|profile`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DecodeRequest {
+    /// AR: beam size (1: greedy search).
+    pub beam: usize,
+    /// AR: length penalty exponent of beam search.
+    pub length_penalty: f32,
+    /// Longest AR output.
+    pub limit: LengthLimit,
+    /// NAT: mask-predict passes (1: one parallel pass).
+    pub iterations: usize,
+    /// NAT: target lengths tried per sentence.
+    pub length_beam: usize,
+    /// NAT: whether an AR model rescores the length-beam candidates.
+    pub rescore: bool,
+    /// NAT: merge neighbouring repeated tokens.
+    pub collapse_repeats: bool,
+}
+
+impl Default for DecodeRequest {
+    fn default() -> Self {
+        Self {
+            beam: 1,
+            length_penalty: 1.0,
+            limit: LengthLimit::default(),
+            iterations: 1,
+            length_beam: 1,
+            rescore: false,
+            collapse_repeats: true,
+        }
+    }
+}
+
+impl DecodeRequest {
+    /// The decoding this request means for `model`, or why it does not apply: AR models
+    /// take a beam, CMLM students a length beam, iterations and a rescorer, and CTC
+    /// students decode in one pass only.
+    pub fn decoding_for<B: Backend>(&self, model: &Model<B>) -> Result<Decoding, TranslateError> {
+        let refuse = |reason: &str| Err(TranslateError::Options(reason.to_string()));
+        if self.beam == 0 || self.iterations == 0 || self.length_beam == 0 {
+            return refuse("beam, iterations and length beam must be at least 1");
+        }
+        let nat_only = self.iterations > 1 || self.length_beam > 1 || self.rescore;
+        match model {
+            Model::Ar(_) if nat_only => refuse(
+                "iterations, a length beam and rescoring apply to NAT models; an AR model takes a beam",
+            ),
+            Model::Ar(_) if self.beam == 1 => Ok(Decoding::Greedy(self.limit)),
+            Model::Ar(_) => Ok(Decoding::Beam(BeamOptions {
+                beam_size: self.beam,
+                length_penalty: self.length_penalty,
+                limit: self.limit,
+            })),
+            Model::Nat(_) if self.beam > 1 => {
+                refuse("a beam applies to AR models; a NAT takes a length beam and iterations")
+            }
+            Model::Nat(nat)
+                if nat_only && matches!(nat.config().decoder, NatDecoder::Ctc { .. }) =>
+            {
+                refuse(
+                    "this is a CTC student: it decodes in one pass without predicting a \
+                     length, so iterations, a length beam and rescoring do not apply",
+                )
+            }
+            Model::Nat(_) => Ok(Decoding::Nat(NatDecoding {
+                length_beam: self.length_beam,
+                iterations: self.iterations,
+                collapse_repeats: self.collapse_repeats,
+            })),
+        }
+    }
+}
+
 /// Errors of translating text.
 #[derive(Debug, thiserror::Error)]
 pub enum TranslateError {
@@ -93,6 +179,8 @@ pub enum TranslateError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    #[error("{0}")]
+    Options(String),
     #[error("{decoding} decoding does not apply to {kind} models")]
     WrongDecoding {
         decoding: String,
@@ -124,7 +212,7 @@ impl<'a, B: Backend> Translator<'a, B> {
     pub fn name(&self) -> String {
         let mut name = self.decoding.name();
         if let Model::Nat(nat) = self.model
-            && let Some(upsample) = nat.config().ctc_upsample
+            && let NatDecoder::Ctc { upsample } = nat.config().decoder
         {
             name = format!("ctc{upsample}-{name}");
         }

@@ -2,7 +2,7 @@
 //! `fixtures/sacrebleu.json` were produced by sacrebleu itself
 //! (`fixtures/make_sacrebleu_fixtures.py`), never typed by hand.
 
-use paragen_train::metrics::{corpus_bleu, corpus_chrf};
+use paragen_infer::metrics::{corpus_bleu, corpus_chrf};
 use serde_json::Value;
 
 fn cases() -> Vec<Value> {

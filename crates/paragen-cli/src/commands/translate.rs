@@ -1,0 +1,73 @@
+//! `paragen translate`: sentences from a file or stdin to stdout.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use burn::tensor::backend::AutodiffBackend;
+use paragen_backend::BackendTask;
+use paragen_infer::{LoadedRun, translate_texts};
+
+use crate::args::{DecodeArgs, TranslateArgs};
+
+/// Opens a run for decoding the way the flags ask.
+pub fn open<B: burn::prelude::Backend>(
+    dir: &Path,
+    args: &DecodeArgs,
+    device: &B::Device,
+) -> anyhow::Result<LoadedRun<B>> {
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    LoadedRun::open(dir, &args.request(), args.rescore_with.as_deref(), device).map_err(|e| {
+        let hint = matches!(e, paragen_infer::OpenError::Decoding { .. }).then_some(
+            "AR models take --beam; CMLM students --length-beam, --iterations and \
+             --rescore-with; CTC students decode in one pass",
+        );
+        let err = anyhow::Error::new(e);
+        match hint {
+            Some(hint) => err.context(hint),
+            None => err,
+        }
+    })
+}
+
+pub struct Translate(pub TranslateArgs);
+
+impl BackendTask for Translate {
+    type Output = anyhow::Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        let args = self.0;
+        let loaded = open::<B::InnerBackend>(&args.model, &args.decode, &device)?;
+        let lines = read_lines(args.input.as_deref())?;
+        let texts: Vec<&str> = lines.iter().map(|l| l.trim()).collect();
+        if let Some(i) = texts.iter().position(|t| t.is_empty()) {
+            bail!("input line {} is empty; give one sentence per line", i + 1);
+        }
+        let outputs = translate_texts(
+            &loaded.translator(),
+            &loaded.tokenizer,
+            &texts,
+            args.decode.batch_size,
+            true,
+        )?;
+        let mut stdout = std::io::stdout().lock();
+        for line in outputs {
+            writeln!(stdout, "{line}")?;
+        }
+        Ok(())
+    }
+}
+
+fn read_lines(input: Option<&Path>) -> anyhow::Result<Vec<String>> {
+    let lines: Result<Vec<String>, _> = match input {
+        Some(path) if path != Path::new("-") => {
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("cannot read `{}`", path.display()))?;
+            std::io::BufReader::new(file).lines().collect()
+        }
+        _ => std::io::stdin().lock().lines().collect(),
+    };
+    let lines = lines.context("input is not valid UTF-8 text")?;
+    Ok(lines)
+}

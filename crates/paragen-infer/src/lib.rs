@@ -1,0 +1,51 @@
+//! Uses trained paragen models: open a run directory, rebuild its model whatever its
+//! kind, translate text, score it, time it.
+//!
+//! - [`run_dir`]: the run directory (`run.json` with its typed model section, tokenizer,
+//!   weights, progress, metrics log), written atomically and read with clear errors;
+//! - [`translate`]: [`Model`] (AR or NAT), [`Decoding`] (greedy, beam, NAT options),
+//!   [`DecodeRequest`] (user options checked against a model), [`Translator`], batched
+//!   translation and [`evaluate`];
+//! - [`metrics`]: corpus BLEU and chrF, exactly as sacrebleu computes them;
+//! - [`loaded`]: [`LoadedRun`], a run opened for decoding the way a request asks;
+//! - [`timing`]: decoding timings (warm-up, median of runs) and GFLOP/s measurements;
+//! - [`profile`]: one model's quality, speed per batch size and roofline, for benches;
+//! - [`release`]: release models (half precision, scored after conversion, generated
+//!   `TRAINING.md` and `models/README.md`);
+//! - [`progress`]: a progress bar on a terminal, log lines otherwise.
+//!
+//! A library user translates with a few lines (see `examples/translate.rs`):
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use paragen_infer::{RunDir, Translator, translate_texts};
+//! type B = burn::backend::Flex<f32>;
+//! let run = RunDir::new("models/teacher");
+//! let (_config, model) = run.load_model::<B>(&Default::default())?;
+//! let tokenizer = run.load_tokenizer()?;
+//! let out = translate_texts(&Translator::new(&model), &tokenizer, &["God is love."], 64, false)?;
+//! println!("{}", out[0]);
+//! # Ok(()) }
+//! ```
+//!
+//! **Depends on:** paragen-data, paragen-models, burn. **Invariant:** knows nothing about
+//! optimizers or training loops; never parses command lines.
+
+pub mod loaded;
+pub mod metrics;
+pub mod profile;
+pub mod progress;
+pub mod release;
+pub mod run_dir;
+pub mod timing;
+pub mod translate;
+
+pub use loaded::{LoadedRun, OpenError};
+pub use metrics::{Bleu, corpus_bleu, corpus_chrf};
+pub use run_dir::{
+    CheckpointError, ModelConfig, ModelKind, RunConfig, RunDir, TrainerState, TrainingJson,
+};
+pub use translate::{
+    DecodeRequest, Decoding, EvalReport, Model, TranslateError, Translator, evaluate,
+    translate_ids, translate_texts,
+};

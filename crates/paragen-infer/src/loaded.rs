@@ -1,0 +1,79 @@
+//! A run directory opened for decoding: its model, tokenizer and decoding, plus the AR
+//! model that rescores a NAT's length-beam candidates when one is asked for.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use paragen_data::Tokenizer;
+use paragen_models::Transformer;
+
+use crate::run_dir::{CheckpointError, RunConfig, RunDir};
+use crate::translate::{DecodeRequest, Decoding, Model, TranslateError, Translator};
+
+/// Errors of opening a run for decoding.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("the model in `{run}` cannot decode that way")]
+    Decoding {
+        run: String,
+        #[source]
+        source: TranslateError,
+    },
+}
+
+/// A run ready to translate the way a [`DecodeRequest`] asks.
+pub struct LoadedRun<B: Backend> {
+    pub run: RunDir,
+    pub config: RunConfig,
+    pub model: Model<B>,
+    pub tokenizer: Tokenizer,
+    pub decoding: Decoding,
+    pub rescorer: Option<Transformer<B>>,
+}
+
+impl<B: Backend> LoadedRun<B> {
+    /// Opens the run in `dir` on `device`; `request.rescore` needs `rescore_with`, the run
+    /// directory of the AR model that rescores.
+    pub fn open(
+        dir: &Path,
+        request: &DecodeRequest,
+        rescore_with: Option<&Path>,
+        device: &B::Device,
+    ) -> Result<Self, OpenError> {
+        let run = RunDir::new(dir);
+        let (config, model) = run.load_model::<B>(device)?;
+        let request = DecodeRequest {
+            rescore: rescore_with.is_some(),
+            ..*request
+        };
+        let decoding = request
+            .decoding_for(&model)
+            .map_err(|source| OpenError::Decoding {
+                run: dir.display().to_string(),
+                source,
+            })?;
+        let rescorer = match rescore_with {
+            Some(other) => Some(RunDir::new(other).load_transformer::<B>(device)?.1),
+            None => None,
+        };
+        let tokenizer = run.load_tokenizer()?;
+        Ok(Self {
+            run,
+            config,
+            model,
+            tokenizer,
+            decoding,
+            rescorer,
+        })
+    }
+
+    pub fn translator(&self) -> Translator<'_, B> {
+        Translator {
+            model: &self.model,
+            decoding: self.decoding,
+            rescorer: self.rescorer.as_ref(),
+        }
+    }
+}

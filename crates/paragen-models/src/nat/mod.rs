@@ -1,0 +1,511 @@
+//! The non-autoregressive student: a conditional masked language model (CMLM,
+//! Ghazvininejad et al. 2019) with a length classifier (Gu et al. 2018).
+//!
+//! The decoder sees no target tokens at inference: every position starts as `<mask>`
+//! (plus its position), attends to all other positions (no causal mask) and to the
+//! source, and predicts all tokens at once. Training masks a random number of target
+//! positions and predicts them; a classifier over the pooled encoder output predicts the
+//! target length as an offset from the source length.
+//!
+//! With [`NatDecoder::Ctc`] the student is a CTC model instead (see [`ctc`]): no length
+//! classifier at inference, a decoder `upsample` times longer than the source, and
+//! blanks.
+//!
+//! - this module: the model (config, layers, encoder, length classifier, decoder pass);
+//! - [`loss`]: CMLM and glancing (GLAT) training losses and their masks;
+//! - [`decode`]: one-pass, length-beam and mask-predict decoding, teacher rescoring;
+//! - [`ctc`]: the CTC decoder input, loss, Viterbi alignment and decoding.
+
+pub mod ctc;
+pub mod decode;
+pub mod loss;
+
+pub use decode::{
+    NatCandidate, NatDecoding, all_mask_input, best_candidate, nat_decode, rescore_with_teacher,
+};
+pub use loss::{glancing_masks, sample_cmlm_masks};
+
+use burn::nn::{DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use serde::{Deserialize, Serialize};
+
+use crate::config::TransformerConfig;
+use crate::error::ModelError;
+use crate::layers::{
+    DecoderLayer, EncoderLayer, EncoderOutput, copy_layers, materialize, new_embeddings,
+    padding_mask,
+};
+use crate::teacher::Transformer;
+
+/// Shapes of a NAT student: a Transformer plus the length classifier's range.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NatConfig {
+    pub transformer: TransformerConfig,
+    /// Largest |target length - source length| the classifier can express.
+    pub max_length_offset: usize,
+    /// Weight of the length loss next to the token loss.
+    pub length_loss_weight: f64,
+    /// What the decoder writes and how its length is found.
+    #[serde(default)]
+    pub decoder: NatDecoder,
+}
+
+/// The two NAT decoders paragen trains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatDecoder {
+    /// A CMLM decoder of the length the classifier predicts; refinable by mask-predict.
+    #[default]
+    Cmlm,
+    /// CTC output over a decoder `upsample` times longer than the source (2-3 in the
+    /// literature): no length prediction, repeats and blanks merged away.
+    Ctc { upsample: usize },
+}
+
+impl NatConfig {
+    pub fn new(transformer: TransformerConfig) -> Self {
+        Self {
+            transformer,
+            max_length_offset: 32,
+            length_loss_weight: 0.1,
+            decoder: NatDecoder::Cmlm,
+        }
+    }
+
+    /// The same student with a CTC decoder `upsample` times the source length.
+    pub fn ctc(transformer: TransformerConfig, upsample: usize) -> Self {
+        Self {
+            decoder: NatDecoder::Ctc { upsample },
+            ..Self::new(transformer)
+        }
+    }
+
+    /// Number of length classes: offsets `-max..=max`.
+    pub fn length_classes(&self) -> usize {
+        2 * self.max_length_offset + 1
+    }
+}
+
+/// CMLM non-autoregressive Transformer.
+#[derive(Module, Debug)]
+pub struct NatStudent<B: Backend> {
+    embedding: Embedding<B>,
+    learned_positions: Option<Embedding<B>>,
+    encoder: Vec<EncoderLayer<B>>,
+    encoder_norm: LayerNorm<B>,
+    decoder: Vec<DecoderLayer<B>>,
+    decoder_norm: LayerNorm<B>,
+    length_head: Linear<B>,
+    #[module(skip)]
+    config: NatConfig,
+}
+
+impl<B: Backend> NatStudent<B> {
+    pub fn new(config: &NatConfig, device: &B::Device) -> Result<Self, ModelError> {
+        let t = &config.transformer;
+        t.validate().map_err(ModelError::Config)?;
+        let d = t.d_model;
+        let (embedding, learned_positions) = new_embeddings(t, device);
+        Ok(materialize(Self {
+            embedding,
+            learned_positions,
+            encoder: (0..t.encoder_layers)
+                .map(|_| EncoderLayer::new(d, t.n_heads, t.d_ff, t.dropout, device))
+                .collect(),
+            encoder_norm: LayerNormConfig::new(d).init(device),
+            decoder: (0..t.decoder_layers)
+                .map(|_| DecoderLayer::new(d, t.n_heads, t.d_ff, t.dropout, device))
+                .collect(),
+            decoder_norm: LayerNormConfig::new(d).init(device),
+            length_head: LinearConfig::new(d, config.length_classes()).init(device),
+            config: config.clone(),
+        }))
+    }
+
+    pub fn config(&self) -> &NatConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> B::Device {
+        self.embedding.weight.device()
+    }
+
+    /// Token embeddings plus positions from 0, with embedding dropout: the same input
+    /// side as the teacher's (learned or sinusoidal positions, as the config says).
+    fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let dropout = DropoutConfig::new(self.config.transformer.dropout).init();
+        crate::layers::embed(
+            &self.embedding,
+            self.learned_positions.as_ref(),
+            &dropout,
+            tokens,
+            0,
+        )
+    }
+
+    /// Encodes a padded source batch, `[batch, src_time]`.
+    pub fn encode(&self, src: Tensor<B, 2, Int>) -> EncoderOutput<B> {
+        let src_mask = padding_mask(&src, self.config.transformer.special.pad);
+        crate::layers::encode(self.embed(src), src_mask, &self.encoder, &self.encoder_norm)
+    }
+
+    /// Length-offset logits from the mean of the non-pad encoder states, `[batch, classes]`.
+    pub fn length_logits(&self, encoded: &EncoderOutput<B>) -> Tensor<B, 2> {
+        let keep = encoded.src_mask.clone().bool_not().float().swap_dims(1, 2); // [b, s, 1]
+        let summed = (encoded.memory.clone() * keep.clone())
+            .sum_dim(1)
+            .squeeze_dim::<2>(1);
+        let count = keep.sum_dim(1).squeeze_dim::<2>(1).clamp_min(1.0);
+        self.length_head.forward(summed / count)
+    }
+
+    /// Predicts every target position in parallel from (partially) masked inputs.
+    ///
+    /// # Shapes
+    /// - `tgt_in`: `[batch, tgt_time]`: `<mask>` or tokens, padded with pad.
+    /// - returns log-probabilities `[batch, tgt_time, vocab]`.
+    pub fn decode(&self, encoded: &EncoderOutput<B>, tgt_in: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        log_softmax(self.decode_logits(encoded, tgt_in), 2)
+    }
+
+    pub(crate) fn decode_logits(
+        &self,
+        encoded: &EncoderOutput<B>,
+        tgt_in: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 3> {
+        let self_mask = padding_mask(&tgt_in, self.config.transformer.special.pad);
+        let mut x = self.embed(tgt_in);
+        for layer in &self.decoder {
+            x = layer.forward(
+                x,
+                encoded.memory.clone(),
+                self_mask.clone(),
+                encoded.src_mask.clone(),
+            );
+        }
+        crate::layers::project(&self.embedding, self.decoder_norm.forward(x))
+    }
+
+    /// Starts from the teacher's weights (Guo et al. 2020: a NAT initialised from its
+    /// AR teacher converges much faster): the shared embedding, the encoder and the
+    /// first decoder layers, as many as both models have; the rest keep their random
+    /// initialisation. Width, heads, feed-forward width and vocabulary must match.
+    pub fn init_from_teacher(&mut self, teacher: &Transformer<B>) -> Result<(), ModelError> {
+        self.config
+            .transformer
+            .check_layers_fit(teacher.config())
+            .map_err(ModelError::Config)?;
+        self.embedding = teacher.embedding.clone();
+        self.learned_positions = teacher.learned_positions.clone();
+        copy_layers(&mut self.encoder, &teacher.encoder);
+        copy_layers(&mut self.decoder, &teacher.decoder);
+        self.encoder_norm = teacher.encoder_norm.clone();
+        self.decoder_norm = teacher.decoder_norm.clone();
+        Ok(())
+    }
+
+    /// Target-length class of each pair: `clamp(tgt - src, -max, max) + max`.
+    pub fn length_targets(&self, src_lens: &[usize], tgt_lens: &[usize]) -> Vec<i64> {
+        let max = self.config.max_length_offset as i64;
+        src_lens
+            .iter()
+            .zip(tgt_lens)
+            .map(|(&s, &t)| (t as i64 - s as i64).clamp(-max, max) + max)
+            .collect()
+    }
+
+    /// The `beam` most likely target lengths per sentence, best first (at least 1).
+    pub fn predict_lengths(
+        &self,
+        encoded: &EncoderOutput<B>,
+        src_lens: &[usize],
+        beam: usize,
+    ) -> Vec<Vec<usize>> {
+        let max = self.config.max_length_offset as i64;
+        let beam = beam.clamp(1, self.config.length_classes());
+        let (_, classes) = self.length_logits(encoded).topk_with_indices(beam, 1);
+        let classes: Vec<i64> = classes.into_data().iter::<i64>().collect();
+        let limit = self.config.transformer.max_positions as i64;
+        src_lens
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| {
+                classes[i * beam..(i + 1) * beam]
+                    .iter()
+                    .map(|&c| (s as i64 + c - max).clamp(1, limit) as usize)
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Number of trainable scalars.
+    pub fn param_count(&self) -> usize {
+        self.num_params()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode::{best_log_probs, rows_to_vec};
+    use super::*;
+    use paragen_backend::TestBackend;
+    use paragen_data::SpecialTokens;
+
+    type B = TestBackend;
+
+    fn student(seed: u64) -> NatStudent<B> {
+        B::seed(&Default::default(), seed);
+        let special = SpecialTokens::trained();
+        NatStudent::new(
+            &NatConfig::new(TransformerConfig::tiny(24, special)),
+            &Default::default(),
+        )
+        .unwrap()
+    }
+
+    fn pad(rows: &[&[u32]]) -> Tensor<B, 2, Int> {
+        paragen_data::batch::pad_to_tensor::<B>(rows, 0, &Default::default())
+    }
+
+    #[test]
+    fn length_logits_have_one_class_per_offset_and_ignore_padding() {
+        let m = student(0);
+        let short = m.length_logits(&m.encode(pad(&[&[5, 6, 7]])));
+        assert_eq!(short.dims(), [1, 65]);
+        let padded = m.length_logits(&m.encode(pad(&[&[5, 6, 7, 0, 0]])));
+        short
+            .into_data()
+            .assert_approx_eq::<f32>(&padded.into_data(), burn::tensor::Tolerance::default());
+        assert_eq!(
+            m.length_targets(&[10, 10, 10], &[12, 100, 1]),
+            vec![34, 64, 23]
+        );
+    }
+
+    #[test]
+    fn predicted_lengths_are_distinct_and_positive() {
+        let m = student(1);
+        let sources: Vec<Vec<u32>> = vec![vec![5, 6, 7], vec![8]];
+        let slices: Vec<&[u32]> = sources.iter().map(|s| s.as_slice()).collect();
+        let lengths = m.predict_lengths(&m.encode(pad(&slices)), &[3, 1], 3);
+        for l in &lengths {
+            assert_eq!(l.len(), 3);
+            assert!(l.iter().all(|&n| n >= 1));
+            assert!(
+                l[0] != l[1] && l[1] != l[2] && l[0] != l[2] || l.contains(&1),
+                "{l:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_iteration_of_mask_predict_is_the_one_pass_argmax() {
+        let m = student(2);
+        let sources = vec![vec![5, 6, 7, 8], vec![9, 10]];
+        let decoded = nat_decode(
+            &m,
+            &sources,
+            NatDecoding {
+                length_beam: 1,
+                iterations: 1,
+                collapse_repeats: false,
+            },
+        )
+        .unwrap();
+        let slices: Vec<&[u32]> = sources.iter().map(|s| s.as_slice()).collect();
+        let encoded = m.encode(pad(&slices));
+        let lengths: Vec<usize> = m
+            .predict_lengths(&encoded, &[4, 2], 1)
+            .into_iter()
+            .map(|l| l[0])
+            .collect();
+        let input = all_mask_input::<B>(&lengths, 4, 0, &Default::default());
+        let ids: Vec<i64> = m
+            .decode(&encoded, input)
+            .argmax(2)
+            .into_data()
+            .iter::<i64>()
+            .collect();
+        let width = lengths.iter().copied().max().unwrap();
+        for (i, candidates) in decoded.iter().enumerate() {
+            let expect: Vec<u32> = ids[i * width..i * width + lengths[i]]
+                .iter()
+                .map(|&t| t as u32)
+                .filter(|&t| t > 4)
+                .collect();
+            assert_eq!(candidates[0].tokens, expect);
+        }
+    }
+
+    #[test]
+    fn more_iterations_keep_the_length_and_a_finite_score() {
+        let m = student(3);
+        let sources = vec![vec![5, 6, 7, 8, 9, 10]];
+        for iterations in [1, 2, 4, 10] {
+            let out = nat_decode(
+                &m,
+                &sources,
+                NatDecoding {
+                    length_beam: 2,
+                    iterations,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(out[0].len(), 2);
+            assert!(out[0].iter().all(|c| c.score.is_finite() && c.score <= 0.0));
+        }
+    }
+
+    #[test]
+    fn cmlm_masks_hide_between_one_and_all_positions() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let masks = sample_cmlm_masks(&[1, 5, 9], &mut rng);
+        for (m, n) in masks.iter().zip([1, 5, 9]) {
+            let hidden = m.iter().filter(|&&h| h).count();
+            assert_eq!(m.len(), n);
+            assert!((1..=n).contains(&hidden));
+        }
+    }
+
+    #[test]
+    fn cmlm_loss_is_finite_and_positive() {
+        let m = student(4);
+        let targets = vec![vec![5, 6, 7], vec![8, 9]];
+        let masks = vec![vec![true, false, true], vec![false, true]];
+        let loss = m.cmlm_loss(
+            pad(&[&[10, 11], &[12, 13, 14]]),
+            &[2, 3],
+            &targets,
+            &masks,
+            0.1,
+        );
+        let value = loss.into_scalar();
+        assert!(value.is_finite() && value > 0.0, "{value}");
+    }
+
+    #[test]
+    fn glancing_reveals_a_share_of_the_wrong_tokens_and_keeps_one_masked() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let targets = vec![vec![5, 6, 7, 8], vec![5, 6, 7, 8], vec![9]];
+        // First pass: sentence 0 all wrong, sentence 1 all right, sentence 2 wrong.
+        let guess = |i: usize, j: usize| if i == 1 { targets[1][j] } else { 0 };
+        let masks = glancing_masks(&targets, guess, 0.5, &mut rng);
+        let hidden: Vec<usize> = masks
+            .iter()
+            .map(|m| m.iter().filter(|&&h| h).count())
+            .collect();
+        assert_eq!(hidden, vec![2, 4, 1]);
+    }
+
+    #[test]
+    fn glat_loss_is_finite_and_positive() {
+        use rand::SeedableRng;
+        let m = student(5);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let loss = m.glat_loss(
+            pad(&[&[10, 11], &[12, 13, 14]]),
+            &[2, 3],
+            &[vec![5, 6, 7], vec![8, 9]],
+            0.5,
+            0.1,
+            &mut rng,
+        );
+        let value = loss.into_scalar();
+        assert!(value.is_finite() && value > 0.0, "{value}");
+    }
+
+    #[test]
+    fn the_teacher_weights_can_be_copied_when_shapes_agree() {
+        let special = SpecialTokens::trained();
+        let config = TransformerConfig::tiny(24, special);
+        let teacher = Transformer::<B>::new(&config, &Default::default()).unwrap();
+        let mut m = student(6);
+        m.init_from_teacher(&teacher).unwrap();
+        let src = pad(&[&[5, 6, 7]]);
+        let encoded = teacher.encode(src.clone());
+        m.encode(src).memory.into_data().assert_approx_eq::<f32>(
+            &encoded.memory.clone().into_data(),
+            burn::tensor::Tolerance::default(),
+        );
+        // With one target token there is nothing to hide: the NAT decoder and the
+        // teacher's causal decoder compute the same thing.
+        let tgt = pad(&[&[9]]);
+        m.decode(&encoded, tgt.clone())
+            .into_data()
+            .assert_approx_eq::<f32>(
+                &burn::tensor::activation::log_softmax(teacher.decode(&encoded, tgt), 2)
+                    .into_data(),
+                burn::tensor::Tolerance::default(),
+            );
+        let wider = Transformer::<B>::new(
+            &TransformerConfig {
+                d_model: 64,
+                ..config
+            },
+            &Default::default(),
+        )
+        .unwrap();
+        let err = m.init_from_teacher(&wider).unwrap_err().to_string();
+        assert!(err.contains("d_model 64"), "{err}");
+    }
+
+    #[test]
+    fn teacher_rescoring_picks_the_candidate_the_teacher_prefers() {
+        let special = SpecialTokens::trained();
+        let teacher =
+            Transformer::<B>::new(&TransformerConfig::tiny(24, special), &Default::default())
+                .unwrap();
+        let source = vec![5, 6, 7];
+        let options: Vec<NatCandidate> = [vec![8, 9], vec![10, 11, 12], vec![13]]
+            .into_iter()
+            .map(|tokens| NatCandidate { tokens, score: 0.0 })
+            .collect();
+        let targets: Vec<Vec<u32>> = options.iter().map(|c| c.tokens.clone()).collect();
+        let scores = teacher
+            .sequence_scores(&vec![source.clone(); 3], &targets)
+            .unwrap();
+        let best = (0..3)
+            .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+            .unwrap();
+        let picked = rescore_with_teacher(&teacher, &[source], &[options]).unwrap();
+        assert_eq!(picked, vec![targets[best].clone()]);
+    }
+
+    #[test]
+    fn best_log_probs_are_the_maximum_of_the_log_softmax() {
+        let logits = Tensor::<B, 3>::from_data(
+            TensorData::from([[[0.0f32, 2.0, -1.0], [3.0, 3.5, 0.5]]]),
+            &Default::default(),
+        );
+        let (best, ids) = best_log_probs(logits.clone());
+        let (expect, expect_ids) = log_softmax(logits, 2).max_dim_with_indices(2);
+        let expect: Vec<f32> = expect.into_data().iter::<f32>().collect();
+        assert_eq!(ids, rows_to_vec(expect_ids));
+        for (a, b) in best.iter().zip(&expect) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn collapsing_repeats_merges_neighbouring_copies_only() {
+        let m = student(7);
+        let sources = vec![vec![5, 6, 7, 8, 9, 10, 11, 12]];
+        let raw = nat_decode(
+            &m,
+            &sources,
+            NatDecoding {
+                collapse_repeats: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let collapsed = nat_decode(&m, &sources, NatDecoding::default()).unwrap();
+        let mut expect = raw[0][0].tokens.clone();
+        expect.dedup();
+        assert_eq!(collapsed[0][0].tokens, expect);
+    }
+}
