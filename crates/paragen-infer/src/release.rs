@@ -460,3 +460,107 @@ pub fn score_releases<B: Backend>(
     });
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paragen_backend::TestBackend;
+    use paragen_data::Tokenizer;
+    use paragen_models::{Transformer, TransformerConfig};
+
+    type B = TestBackend;
+
+    fn pairs() -> Vec<Pair> {
+        [
+            "In the beginning God created the heaven",
+            "And the earth was without form",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Pair {
+            id: i.to_string(),
+            src: s.to_string(),
+            tgt: s.to_lowercase(),
+        })
+        .collect()
+    }
+
+    /// A tiny AR run with a history, metrics and progress, as training leaves one.
+    fn trained_run(dir: &Path) -> RunDir {
+        let texts: Vec<String> = pairs()
+            .iter()
+            .flat_map(|p| [p.src.clone(), p.tgt.clone()])
+            .collect();
+        let tokenizer = Tokenizer::train(texts.iter().map(|s| s.as_str()), 80).unwrap();
+        let run = RunDir::new(dir);
+        let config = RunConfig {
+            kind: crate::ModelKind::Ar,
+            preset: "tiny".into(),
+            model: ModelConfig::Ar(TransformerConfig::tiny(
+                tokenizer.vocab_size(),
+                tokenizer.special(),
+            )),
+            data_dir: dir.join("no-data"),
+            paragen_version: "test".into(),
+            training: crate::TrainingJson::new(),
+        };
+        let model = Transformer::<B>::new(config.transformer(), &Default::default()).unwrap();
+        run.save_config(&config).unwrap();
+        run.save_tokenizer(&tokenizer).unwrap();
+        run.save_module::<B, _>("model.mpk", &model).unwrap();
+        run.save_state(&crate::TrainerState {
+            step: 12,
+            epoch: 2,
+            best_bleu: Some(1.5),
+            best_epoch: Some(2),
+            train_seconds: 120.0,
+        })
+        .unwrap();
+        run.append_history(&["target/release/paragen".into(), "train-teacher".into()])
+            .unwrap();
+        run.append_metrics(
+            &serde_json::json!({"epoch": 1, "step": 6, "train_seconds": 60.0, "valid_bleu": 0.5}),
+        )
+        .unwrap();
+        run
+    }
+
+    #[test]
+    fn a_release_is_half_size_scored_documented_and_replaced_only_when_better() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = trained_run(&dir.path().join("run"));
+        let models = dir.path().join("models");
+        let to = models.join("teacher");
+        let device = Default::default();
+        let info =
+            release::<B>(source.root(), &to, &pairs(), "test machine", false, &device).unwrap();
+        let full = std::fs::metadata(source.path("model.mpk")).unwrap().len();
+        assert!(
+            info.file_bytes * 10 < full * 6,
+            "{} vs {full}",
+            info.file_bytes
+        );
+        let decodings: Vec<&str> = info.test.iter().map(|t| t.decoding.as_str()).collect();
+        assert_eq!(decodings, ["greedy", "beam4"]);
+        assert_eq!((info.steps, info.epochs, info.commands.len()), (12, 2, 1));
+        assert_eq!(info.commands[0], "paragen train-teacher");
+        assert_eq!(info.curve.len(), 1);
+        // What ships is a run directory every command reads, without optimizer state.
+        let (_, _) = RunDir::new(&to).load_model::<B>(&device).unwrap();
+        assert!(!to.join("optimizer.mpk").exists());
+        let page = std::fs::read_to_string(to.join("TRAINING.md")).unwrap();
+        assert!(
+            page.contains("paragen train-teacher") && page.contains("| greedy |"),
+            "{page}"
+        );
+        let index = std::fs::read_to_string(models.join("README.md")).unwrap();
+        assert!(index.contains("[teacher](teacher/TRAINING.md)"), "{index}");
+
+        // The same model again is not 0.5 BLEU better: refused, the release kept.
+        let err = release::<B>(source.root(), &to, &pairs(), "m", false, &device).unwrap_err();
+        assert!(matches!(err, ReleaseError::NotBetter { .. }), "{err}");
+        assert!(err.to_string().contains("--force"));
+        assert!(to.join("release.json").exists() && !to.with_extension("staging").exists());
+        release::<B>(source.root(), &to, &pairs(), "m", true, &device).unwrap();
+    }
+}

@@ -454,6 +454,32 @@ mod tests {
     }
 
     #[test]
+    fn a_student_of_a_learned_position_teacher_encodes_like_it() {
+        // The NAT shares the teacher's embedding and encoder code, so it cannot drift
+        // from it: with learned positions copied, both encoders agree.
+        let special = SpecialTokens::trained();
+        let config = TransformerConfig {
+            positions: crate::config::PositionKind::Learned,
+            ..TransformerConfig::tiny(24, special)
+        };
+        B::seed(&Default::default(), 3);
+        let teacher = Transformer::<B>::new(&config, &Default::default()).unwrap();
+        let mut m = NatStudent::<B>::new(&NatConfig::new(config), &Default::default()).unwrap();
+        let src = pad(&[&[5, 6, 7, 8], &[9, 10, 0, 0]]);
+        let before = m.encode(src.clone()).memory;
+        m.init_from_teacher(&teacher).unwrap();
+        let expected = teacher.encode(src.clone()).memory.into_data();
+        m.encode(src)
+            .memory
+            .into_data()
+            .assert_approx_eq::<f32>(&expected, burn::tensor::Tolerance::default());
+        let moved = (before.into_data().iter::<f32>())
+            .zip(expected.iter::<f32>())
+            .any(|(a, b)| (a - b).abs() > 1e-3);
+        assert!(moved, "the copy must change the student's encoder output");
+    }
+
+    #[test]
     fn teacher_rescoring_picks_the_candidate_the_teacher_prefers() {
         let special = SpecialTokens::trained();
         let teacher =
