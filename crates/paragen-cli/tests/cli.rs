@@ -189,6 +189,102 @@ fn prepare_train_resume_eval_translate() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 2);
+
+    release_demo_and_init_from(dir.path(), data_s, run_s);
+}
+
+/// A release of the run is a run directory of its own: `demo` scores it, a new run
+/// starts from its weights, and the page that documents it names the commands.
+fn release_demo_and_init_from(dir: &Path, data: &str, run: &str) {
+    let models = dir.join("models");
+    let release = models.join("teacher");
+    let out = paragen(&[
+        "release",
+        "--model",
+        run,
+        "--out",
+        release.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = std::fs::read_to_string(release.join("TRAINING.md")).unwrap();
+    assert!(page.contains("train-teacher --preset tiny"), "{page}");
+    assert!(page.contains("--resume --epochs 2"), "{page}");
+    let out = paragen(&[
+        "demo",
+        "--models",
+        models.to_str().unwrap(),
+        "--data",
+        data,
+        "--limit",
+        "6",
+        "--show",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table.contains("teacher") && table.contains("beam4"),
+        "{table}"
+    );
+
+    let next = dir.join("next");
+    let out = paragen(&[
+        "train-teacher",
+        "--preset",
+        "tiny",
+        "--data",
+        data,
+        "--out",
+        next.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--init-from",
+        release.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(next.join("run.json")).unwrap()).unwrap();
+    assert_eq!(config["init_from"], release.to_str().unwrap());
+    // Other shapes cannot start from it.
+    let out = paragen(&[
+        "train-teacher",
+        "--preset",
+        "quick",
+        "--data",
+        data,
+        "--out",
+        dir.join("other").to_str().unwrap(),
+        "--init-from",
+        release.to_str().unwrap(),
+    ]);
+    assert!(stderr(&out).contains("other shapes"), "{}", stderr(&out));
+
+    // A tokenizer of another vocabulary is refused by name, not a panic in a kernel.
+    let swapped = dir.join("swapped");
+    std::fs::create_dir_all(&swapped).unwrap();
+    for file in ["run.json", "model.mpk"] {
+        std::fs::copy(Path::new(run).join(file), swapped.join(file)).unwrap();
+    }
+    let small = dir.join("small-data");
+    let corpus = corpus_slice(dir, 100);
+    let out = paragen(&[
+        "prepare",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--out",
+        small.to_str().unwrap(),
+        "--vocab-size",
+        "200",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::copy(small.join("tokenizer.json"), swapped.join("tokenizer.json")).unwrap();
+    let out = paragen(&["eval", "--model", swapped.to_str().unwrap(), "--data", data]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("tokenizer.json") && stderr(&out).contains("another model"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 fn ok(out: &Output) {

@@ -43,7 +43,7 @@ pub mod translate;
 pub use loaded::{LoadedRun, OpenError};
 pub use metrics::{Bleu, corpus_bleu, corpus_chrf};
 pub use run_dir::{
-    CheckpointError, ModelConfig, ModelKind, RunConfig, RunDir, TrainerState, TrainingJson,
+    CheckpointError, ModelConfig, ModelKind, RunConfig, RunDir, RunLock, TrainerState, TrainingJson,
 };
 pub use translate::{
     DecodeRequest, Decoding, EvalReport, Model, TranslateError, Translator, evaluate,

@@ -59,6 +59,31 @@ impl<B: Backend> LoadedRun<B> {
             None => None,
         };
         let tokenizer = run.load_tokenizer()?;
+        let vocab = config.transformer().vocab_size;
+        if tokenizer.vocab_size() != vocab {
+            return Err(CheckpointError::Mismatch {
+                path: run.path("tokenizer.json").display().to_string(),
+                reason: format!(
+                    "a vocabulary of {} tokens, the model's of {vocab}: it is the tokenizer \
+                     of another model",
+                    tokenizer.vocab_size()
+                ),
+            }
+            .into());
+        }
+        if let (Some(rescorer), Some(other)) = (&rescorer, rescore_with)
+            && rescorer.config().vocab_size != vocab
+        {
+            return Err(OpenError::Decoding {
+                run: dir.display().to_string(),
+                source: TranslateError::Options(format!(
+                    "the rescorer in {} has a vocabulary of {}, this model one of {vocab}: \
+                     rescoring needs the model's own teacher",
+                    other.display(),
+                    rescorer.config().vocab_size
+                )),
+            });
+        }
         Ok(Self {
             run,
             config,

@@ -61,6 +61,11 @@ pub enum CheckpointError {
         version: String,
         reason: String,
     },
+    #[error(
+        "`{run}` is in use by another paragen process ({holder}); wait for it to finish or \
+         train into another directory"
+    )]
+    Locked { run: String, holder: String },
     #[error(transparent)]
     Data(#[from] DataError),
     #[error(transparent)]
@@ -230,6 +235,12 @@ type Mpk = NamedMpkBytesRecorder<FullPrecisionSettings>;
 /// Release models: weights stored as f16, half the size; they load back as f32 through
 /// the same [`RunDir::load_module`] (burn converts the element type on load).
 type HalfMpk = NamedMpkBytesRecorder<HalfPrecisionSettings>;
+
+/// Holds a run directory's lock until dropped (see [`RunDir::lock`]).
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
 
 /// A run directory on disk.
 #[derive(Clone, Debug)]
@@ -461,11 +472,69 @@ impl RunDir {
         };
         let mut file = std::fs::OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&path)
             .map_err(write_err)?;
-        writeln!(file, "{value}").map_err(write_err)?;
+        // A run killed inside an earlier append may have left a partial last line; cut it
+        // so that this line does not join it.
+        let len = file.metadata().map_err(write_err)?.len();
+        if len > 0 {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut last = [0u8; 1];
+            file.seek(SeekFrom::Start(len - 1)).map_err(write_err)?;
+            file.read_exact(&mut last).map_err(write_err)?;
+            if last[0] != b'\n' {
+                let text = std::fs::read(&path).map_err(write_err)?;
+                let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                tracing::warn!(
+                    "{}: cut a partial last line ({} bytes) left by an interrupted write",
+                    path.display(),
+                    text.len() - keep
+                );
+                file.set_len(keep as u64).map_err(write_err)?;
+            }
+        }
+        // One write per line, so that a kill leaves whole lines or one partial line.
+        file.write_all(format!("{value}\n").as_bytes())
+            .map_err(write_err)?;
         Ok(())
+    }
+
+    /// Takes the run's lock (`run.lock`, an OS advisory lock that dies with its process)
+    /// for as long as the guard lives: a second trainer of the same run, or a `--resume`
+    /// beside a live run, gets an error naming the holder instead of mixing files.
+    pub fn lock(&self) -> Result<RunLock, CheckpointError> {
+        let path = self.path("run.lock");
+        let io_err = |source| {
+            CheckpointError::from(DataError::Write {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        std::fs::create_dir_all(&self.root).map_err(io_err)?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                return Err(CheckpointError::Locked {
+                    run: self.root.display().to_string(),
+                    holder: holder.trim().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        file.set_len(0).map_err(io_err)?;
+        file.write_all(format!("pid {}\n", std::process::id()).as_bytes())
+            .map_err(io_err)?;
+        Ok(RunLock { _file: file })
     }
 
     /// Rebuilds the best AR model of the run (teacher or AR student), on `device`, for
@@ -594,6 +663,43 @@ mod tests {
         assert!(
             full * 10 < double * 6,
             "f16 file {full} bytes, f32 {double}"
+        );
+    }
+
+    #[test]
+    fn a_run_has_one_writer_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let held = run.lock().unwrap();
+        let msg = RunDir::new(dir.path()).lock().unwrap_err().to_string();
+        assert!(
+            msg.contains("in use") && msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+        drop(held);
+        run.lock().unwrap();
+    }
+
+    #[test]
+    fn a_partial_metrics_line_of_a_killed_run_is_cut_before_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        run.append_metrics(&serde_json::json!({"epoch": 1}))
+            .unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(run.path("metrics.jsonl"))
+            .unwrap();
+        file.write_all(b"{\"epoch\": 2, \"va").unwrap();
+        run.append_metrics(&serde_json::json!({"epoch": 2}))
+            .unwrap();
+        let lines = run.read_json_lines("metrics.jsonl").unwrap();
+        assert_eq!(
+            lines,
+            vec![
+                serde_json::json!({"epoch": 1}),
+                serde_json::json!({"epoch": 2})
+            ]
         );
     }
 

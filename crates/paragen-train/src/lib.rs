@@ -22,7 +22,7 @@ pub mod schedule;
 pub mod trainer;
 
 pub use run::{
-    Overrides, Preset, StudentConfig, StudentKind, TrainRunConfig, Training, open_run, student_run,
-    teacher_run,
+    OpenRun, Overrides, Preset, StudentConfig, StudentKind, TrainRunConfig, Training, open_run,
+    student_run, teacher_run,
 };
 pub use trainer::{TrainConfig, TrainError, TrainSummary, train};

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::prelude::Backend;
 use paragen_data::{SpecialTokens, Tokenizer};
-use paragen_infer::{ModelConfig, ModelKind, RunConfig, RunDir};
+use paragen_infer::{ModelConfig, ModelKind, RunConfig, RunDir, RunLock};
 use paragen_models::TransformerConfig;
 use paragen_models::nat::NatConfig;
 use serde::{Deserialize, Serialize};
@@ -247,14 +247,24 @@ impl Overrides {
     }
 }
 
-/// Opens `out` for training: its saved config when resuming, else the one `fresh`
-/// makes (refusing to overwrite an existing run); applies `overrides` either way.
+/// A run opened for training: its directory, its config, and its lock, held for as
+/// long as this value lives.
+pub struct OpenRun {
+    pub dir: RunDir,
+    pub config: TrainRunConfig,
+    pub lock: RunLock,
+}
+
+/// Opens `out` for training: takes its lock (one writer per run), then reads its saved
+/// config when resuming, else takes the one `fresh` makes (refusing to overwrite an
+/// existing run); applies `overrides` either way.
 pub fn open_run(
     out: &Path,
     overrides: &Overrides,
     fresh: impl FnOnce() -> Result<TrainRunConfig, TrainError>,
-) -> Result<(RunDir, TrainRunConfig), TrainError> {
+) -> Result<OpenRun, TrainError> {
     let run = RunDir::new(out);
+    let lock = run.lock()?;
     let mut config = if overrides.resume {
         if !run.path("run.json").exists() {
             return Err(TrainError::Options(format!(
@@ -296,7 +306,11 @@ pub fn open_run(
         config.training.init_from = Some(from.clone());
     }
     overrides.apply(&mut config)?;
-    Ok((run, config))
+    Ok(OpenRun {
+        dir: run,
+        config,
+        lock,
+    })
 }
 
 /// Loads the best weights of the run `from` into `model` (same kind and shapes, which
@@ -389,17 +403,19 @@ mod tests {
             resume: true,
             ..Default::default()
         };
-        let err = open_run(dir.path(), &resume, fresh)
-            .unwrap_err()
-            .to_string();
+        let message = |result: Result<OpenRun, TrainError>| result.err().unwrap().to_string();
+        let err = message(open_run(dir.path(), &resume, fresh));
         assert!(err.contains("needs an existing run"), "{err}");
-        let (run, config) = open_run(dir.path(), &Overrides::default(), fresh).unwrap();
-        run.save_config(&config).unwrap();
-        let err = open_run(dir.path(), &Overrides::default(), fresh)
-            .unwrap_err()
-            .to_string();
+        let opened = open_run(dir.path(), &Overrides::default(), fresh).unwrap();
+        opened.dir.save_config(&opened.config).unwrap();
+        // While it is open, nobody else may write the run, not even to resume it.
+        let err = message(open_run(dir.path(), &resume, fresh));
+        assert!(err.contains("in use by another paragen process"), "{err}");
+        let config = opened.config.clone();
+        drop(opened);
+        let err = message(open_run(dir.path(), &Overrides::default(), fresh));
         assert!(err.contains("already holds a run"), "{err}");
-        let (_, resumed) = open_run(dir.path(), &resume, fresh).unwrap();
-        assert_eq!(resumed, config);
+        let resumed = open_run(dir.path(), &resume, fresh).unwrap();
+        assert_eq!(resumed.config, config);
     }
 }

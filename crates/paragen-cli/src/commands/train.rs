@@ -106,19 +106,20 @@ impl BackendTask for TrainTeacher {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let args = self.0;
         let overrides = args.run.to_lib();
-        let (run, config) = open_run(&args.out, &overrides, || {
+        let opened = open_run(&args.out, &overrides, || {
             let tokenizer = PreparedData::new(&args.data)
                 .tokenizer()
                 .map_err(paragen_infer::CheckpointError::from)?;
             Ok(teacher_run(args.preset.to_lib(), &tokenizer, &args.data))
         })?;
+        let (run, config) = (&opened.dir, &opened.config);
         B::seed(&device, config.training.train.seed);
         let model = Transformer::<B>::new(config.transformer(), &device)?;
-        let model = starting_weights(&config, overrides.resume, model, &device)?;
+        let model = starting_weights(config, overrides.resume, model, &device)?;
         let objective = OwnLoss {
             label_smoothing: config.training.train.label_smoothing,
         };
-        train_and_report(&run, &config, model, &objective, overrides.resume, &device)
+        train_and_report(run, config, model, &objective, overrides.resume, &device)
     }
 }
 
@@ -129,7 +130,7 @@ impl BackendTask for TrainStudent {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let args = self.0;
         let overrides = args.run.to_lib();
-        let (run, config) = open_run(&args.out, &overrides, || {
+        let opened = open_run(&args.out, &overrides, || {
             let tokenizer = PreparedData::new(&args.data)
                 .tokenizer()
                 .map_err(paragen_infer::CheckpointError::from)?;
@@ -141,6 +142,7 @@ impl BackendTask for TrainStudent {
                 args.recipe(),
             )
         })?;
+        let (run, config) = (&opened.dir, &opened.config);
         let student = config
             .training
             .student
@@ -177,7 +179,7 @@ impl BackendTask for TrainStudent {
                     model
                         .init_from_teacher(teacher.as_ref().context("no teacher to start from")?)?;
                 }
-                let model = starting_weights(&config, resume, model, &device)?;
+                let model = starting_weights(config, resume, model, &device)?;
                 let objective: Box<dyn Objective<B, NatStudent<B>>> = match student.glance_ratio {
                     Some(ratio) => Box::new(Glancing {
                         ratio,
@@ -185,7 +187,7 @@ impl BackendTask for TrainStudent {
                     }),
                     None => Box::new(OwnLoss { label_smoothing }),
                 };
-                train_and_report(&run, &config, model, objective.as_ref(), resume, &device)
+                train_and_report(run, config, model, objective.as_ref(), resume, &device)
             }
             ModelConfig::Ar(shapes) => {
                 let mut model = Transformer::<B>::new(shapes, &device)?;
@@ -193,7 +195,7 @@ impl BackendTask for TrainStudent {
                     model
                         .init_from_teacher(teacher.as_ref().context("no teacher to start from")?)?;
                 }
-                let model = starting_weights(&config, resume, model, &device)?;
+                let model = starting_weights(config, resume, model, &device)?;
                 let objective: Box<dyn Objective<B, Transformer<B>>> =
                     match teacher.filter(|_| student.kd_weight > 0.0) {
                         Some(teacher) => Box::new(WordKd::new(
@@ -204,7 +206,7 @@ impl BackendTask for TrainStudent {
                         )),
                         None => Box::new(OwnLoss { label_smoothing }),
                     };
-                train_and_report(&run, &config, model, objective.as_ref(), resume, &device)
+                train_and_report(run, config, model, objective.as_ref(), resume, &device)
             }
         }
     }
