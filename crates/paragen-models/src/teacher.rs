@@ -44,6 +44,16 @@ impl<B: Backend> DecoderState<B> {
     }
 }
 
+/// The parameters a student holds in the same layout as its teacher.
+pub(crate) struct SharedParts<'a, B: Backend> {
+    pub embedding: &'a mut Embedding<B>,
+    pub learned_positions: &'a mut Option<Embedding<B>>,
+    pub encoder: &'a mut [EncoderLayer<B>],
+    pub encoder_norm: &'a mut LayerNorm<B>,
+    pub decoder: &'a mut [DecoderLayer<B>],
+    pub decoder_norm: &'a mut LayerNorm<B>,
+}
+
 /// Encoder-decoder Transformer with shared embeddings.
 #[derive(Module, Debug)]
 pub struct Transformer<B: Backend> {
@@ -189,13 +199,27 @@ impl<B: Backend> Transformer<B> {
         self.config
             .check_layers_fit(teacher.config())
             .map_err(ModelError::Config)?;
-        self.embedding = teacher.embedding.clone();
-        self.learned_positions = teacher.learned_positions.clone();
-        copy_layers(&mut self.encoder, &teacher.encoder);
-        copy_layers(&mut self.decoder, &teacher.decoder);
-        self.encoder_norm = teacher.encoder_norm.clone();
-        self.decoder_norm = teacher.decoder_norm.clone();
+        teacher.copy_shared_into(SharedParts {
+            embedding: &mut self.embedding,
+            learned_positions: &mut self.learned_positions,
+            encoder: &mut self.encoder,
+            encoder_norm: &mut self.encoder_norm,
+            decoder: &mut self.decoder,
+            decoder_norm: &mut self.decoder_norm,
+        });
         Ok(())
+    }
+
+    /// Overwrites what a student shares with this teacher: the embedding (and learned
+    /// positions), the first encoder and decoder layers (as many as both have) and the
+    /// final norms. Shapes were checked by the caller.
+    pub(crate) fn copy_shared_into(&self, to: SharedParts<'_, B>) {
+        *to.embedding = self.embedding.clone();
+        *to.learned_positions = self.learned_positions.clone();
+        copy_layers(to.encoder, &self.encoder);
+        copy_layers(to.decoder, &self.decoder);
+        *to.encoder_norm = self.encoder_norm.clone();
+        *to.decoder_norm = self.decoder_norm.clone();
     }
 
     /// Length-normalised log-probability of each `targets[i]` (EOS included) given

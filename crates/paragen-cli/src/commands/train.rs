@@ -13,7 +13,7 @@ use paragen_models::nat::NatStudent;
 use paragen_train::objective::{Glancing, Objective, OwnLoss, SeqModel};
 use paragen_train::run::init_weights;
 use paragen_train::trainer::TrainData;
-use paragen_train::{TrainRunConfig, open_run, student_run, teacher_run};
+use paragen_train::{TrainError, TrainRunConfig, open_run, student_run, teacher_run};
 
 use crate::args::{TrainArgs, TrainStudentArgs};
 
@@ -99,6 +99,13 @@ fn starting_weights<B: Backend, M: burn::module::Module<B>>(
     })
 }
 
+/// The tokenizer of the prepared data a new run trains on.
+fn data_tokenizer(data: &std::path::Path) -> Result<paragen_data::Tokenizer, TrainError> {
+    Ok(PreparedData::new(data)
+        .tokenizer()
+        .map_err(paragen_infer::CheckpointError::from)?)
+}
+
 pub struct TrainTeacher(pub TrainArgs);
 
 impl BackendTask for TrainTeacher {
@@ -107,9 +114,7 @@ impl BackendTask for TrainTeacher {
         let args = self.0;
         let overrides = args.run.to_lib();
         let opened = open_run(&args.out, &overrides, || {
-            let tokenizer = PreparedData::new(&args.data)
-                .tokenizer()
-                .map_err(paragen_infer::CheckpointError::from)?;
+            let tokenizer = data_tokenizer(&args.data)?;
             Ok(teacher_run(args.preset.to_lib(), &tokenizer, &args.data))
         })?;
         let (run, config) = (&opened.dir, &opened.config);
@@ -131,9 +136,7 @@ impl BackendTask for TrainStudent {
         let args = self.0;
         let overrides = args.run.to_lib();
         let opened = open_run(&args.out, &overrides, || {
-            let tokenizer = PreparedData::new(&args.data)
-                .tokenizer()
-                .map_err(paragen_infer::CheckpointError::from)?;
+            let tokenizer = data_tokenizer(&args.data)?;
             student_run(
                 args.kind(),
                 args.preset.to_lib(),

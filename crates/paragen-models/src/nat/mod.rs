@@ -33,8 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::TransformerConfig;
 use crate::error::ModelError;
 use crate::layers::{
-    DecoderLayer, EncoderLayer, EncoderOutput, copy_layers, materialize, new_embeddings,
-    padding_mask,
+    DecoderLayer, EncoderLayer, EncoderOutput, materialize, new_embeddings, padding_mask,
 };
 use crate::teacher::Transformer;
 
@@ -196,12 +195,14 @@ impl<B: Backend> NatStudent<B> {
             .transformer
             .check_layers_fit(teacher.config())
             .map_err(ModelError::Config)?;
-        self.embedding = teacher.embedding.clone();
-        self.learned_positions = teacher.learned_positions.clone();
-        copy_layers(&mut self.encoder, &teacher.encoder);
-        copy_layers(&mut self.decoder, &teacher.decoder);
-        self.encoder_norm = teacher.encoder_norm.clone();
-        self.decoder_norm = teacher.decoder_norm.clone();
+        teacher.copy_shared_into(crate::teacher::SharedParts {
+            embedding: &mut self.embedding,
+            learned_positions: &mut self.learned_positions,
+            encoder: &mut self.encoder,
+            encoder_norm: &mut self.encoder_norm,
+            decoder: &mut self.decoder,
+            decoder_norm: &mut self.decoder_norm,
+        });
         Ok(())
     }
 
