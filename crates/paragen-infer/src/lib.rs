@@ -1,6 +1,7 @@
 //! Uses trained paragen models: open a run directory, rebuild its model whatever its
 //! kind, translate text, score it, time it.
 //!
+//! - [`model`]: [`Model`] (AR or NAT), its [`ModelKind`] and typed [`ModelConfig`];
 //! - [`run_dir`]: the run directory (`run.json` with its typed model section, tokenizer,
 //!   weights, progress, metrics log), written atomically and read with clear errors;
 //! - [`translate`]: [`Model`] (AR or NAT), [`Decoding`] (greedy, beam, NAT options),
@@ -33,6 +34,7 @@
 
 pub mod loaded;
 pub mod metrics;
+pub mod model;
 pub mod profile;
 pub mod progress;
 pub mod release;

@@ -31,12 +31,11 @@ use burn::record::{
     FullPrecisionSettings, HalfPrecisionSettings, NamedMpkBytesRecorder, Record, Recorder,
 };
 use paragen_data::{DataError, Tokenizer, TokenizerError, fsio};
-use paragen_models::nat::{NatConfig, NatDecoder};
 use paragen_models::{Transformer, TransformerConfig};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::translate::Model;
+pub use crate::model::{Model, ModelConfig, ModelKind};
 
 /// Errors of reading or writing a run directory.
 #[derive(Debug, thiserror::Error)]
@@ -70,70 +69,6 @@ pub enum CheckpointError {
     Data(#[from] DataError),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
-}
-
-/// The kinds of model a run can hold (the name reports and logs use).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ModelKind {
-    /// Autoregressive encoder-decoder (the teacher).
-    Ar,
-    /// Autoregressive student with a deep encoder and a one-layer decoder (Kasai et al.
-    /// 2021): the strongest cheap AR baseline a NAT must beat.
-    ArShallow,
-    /// Non-autoregressive student with a CMLM decoder and a length classifier.
-    Nat,
-    /// Non-autoregressive student with a CTC decoder longer than the source.
-    NatCtc,
-}
-
-impl ModelKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            ModelKind::Ar => "ar",
-            ModelKind::ArShallow => "ar-shallow",
-            ModelKind::Nat => "nat",
-            ModelKind::NatCtc => "nat-ctc",
-        }
-    }
-
-    /// Whether a model of this config can be of this kind.
-    pub fn fits(self, model: &ModelConfig) -> bool {
-        match model {
-            ModelConfig::Ar(_) => matches!(self, ModelKind::Ar | ModelKind::ArShallow),
-            ModelConfig::Nat(nat) => match nat.decoder {
-                NatDecoder::Cmlm => self == ModelKind::Nat,
-                NatDecoder::Ctc { .. } => self == ModelKind::NatCtc,
-            },
-        }
-    }
-}
-
-/// What a run's model is: enough to rebuild it, shapes included, before its weights load.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ModelConfig {
-    /// An autoregressive encoder-decoder (teacher or AR student).
-    Ar(TransformerConfig),
-    /// A non-autoregressive student; its `decoder` says CMLM or CTC.
-    Nat(NatConfig),
-}
-
-impl ModelConfig {
-    /// The Transformer shapes underneath (a NAT has the same layers as an AR model).
-    pub fn transformer(&self) -> &TransformerConfig {
-        match self {
-            ModelConfig::Ar(t) => t,
-            ModelConfig::Nat(n) => &n.transformer,
-        }
-    }
-
-    pub fn transformer_mut(&mut self) -> &mut TransformerConfig {
-        match self {
-            ModelConfig::Ar(t) => t,
-            ModelConfig::Nat(n) => &mut n.transformer,
-        }
-    }
 }
 
 /// The training half of `run.json` as this crate sees it: JSON it keeps but does not
@@ -588,6 +523,7 @@ mod tests {
     use super::*;
     use paragen_backend::TestBackend;
     use paragen_data::SpecialTokens;
+    use paragen_models::nat::NatDecoder;
 
     type B = TestBackend;
 

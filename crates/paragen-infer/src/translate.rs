@@ -4,70 +4,13 @@ use burn::prelude::*;
 use paragen_data::batch::inference_batches;
 use paragen_data::{Tokenizer, TokenizerError};
 use paragen_models::nat::{
-    NatDecoder, NatDecoding, NatStudent, best_candidate, nat_decode, rescore_with_teacher,
+    NatDecoder, NatDecoding, best_candidate, nat_decode, rescore_with_teacher,
 };
 use paragen_models::{BeamOptions, LengthLimit, ModelError, Transformer, beam_search, greedy};
 use serde::{Deserialize, Serialize};
 
+pub use crate::model::Model;
 use crate::progress::Progress;
-use crate::run_dir::ModelConfig;
-
-/// A trained model of any kind, ready to translate.
-#[derive(Clone, Debug)]
-// One `Model` exists per loaded run and lives as long as it: the size difference of
-// the variants costs nothing worth a box.
-#[allow(clippy::large_enum_variant)]
-pub enum Model<B: Backend> {
-    /// Autoregressive: the teacher or an AR student.
-    Ar(Transformer<B>),
-    /// Non-autoregressive student.
-    Nat(NatStudent<B>),
-}
-
-impl<B: Backend> Model<B> {
-    /// A freshly initialised model of the config's kind and shapes.
-    pub fn new(config: &ModelConfig, device: &B::Device) -> Result<Self, ModelError> {
-        Ok(match config {
-            ModelConfig::Ar(c) => Model::Ar(Transformer::new(c, device)?),
-            ModelConfig::Nat(c) => Model::Nat(NatStudent::new(c, device)?),
-        })
-    }
-
-    pub fn param_count(&self) -> usize {
-        match self {
-            Model::Ar(m) => m.param_count(),
-            Model::Nat(m) => m.param_count(),
-        }
-    }
-
-    pub fn device(&self) -> B::Device {
-        match self {
-            Model::Ar(m) => m.device(),
-            Model::Nat(m) => m.device(),
-        }
-    }
-
-    pub fn config(&self) -> &paragen_models::TransformerConfig {
-        match self {
-            Model::Ar(m) => m.config(),
-            Model::Nat(m) => &m.config().transformer,
-        }
-    }
-
-    /// Rejects sentences the model cannot take (empty, or longer than its positions).
-    pub fn check_source_lengths(&self, lengths: &[usize]) -> Result<(), ModelError> {
-        self.config().check_source_lengths(lengths)
-    }
-
-    /// The way this kind of model decodes when nothing else is asked: greedy search for
-    /// AR models, one parallel pass for NAT.
-    pub fn default_decoding(&self) -> Decoding {
-        match self {
-            Model::Ar(_) => Decoding::Greedy(LengthLimit::default()),
-            Model::Nat(_) => Decoding::Nat(NatDecoding::default()),
-        }
-    }
-}
 
 /// How a model searches.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -81,6 +24,15 @@ pub enum Decoding {
 }
 
 impl Decoding {
+    /// The way a model decodes when nothing else is asked: greedy search for AR models,
+    /// one parallel pass for NAT.
+    pub fn default_for<B: Backend>(model: &Model<B>) -> Self {
+        match model {
+            Model::Ar(_) => Decoding::Greedy(LengthLimit::default()),
+            Model::Nat(_) => Decoding::Nat(NatDecoding::default()),
+        }
+    }
+
     /// Short name for reports: `greedy`, `beam4`, `one-pass`, `mask-predict-4`, ...
     pub fn name(&self) -> String {
         match self {
@@ -202,7 +154,7 @@ impl<'a, B: Backend> Translator<'a, B> {
     pub fn new(model: &'a Model<B>) -> Self {
         Self {
             model,
-            decoding: model.default_decoding(),
+            decoding: Decoding::default_for(model),
             rescorer: None,
         }
     }

@@ -166,7 +166,7 @@ impl<B: Backend> NatStudent<B> {
         if glance_ratio > 0.0 {
             let first = log_softmax(
                 self.decode_logits(
-                    &super::loss::detach(&encoded),
+                    &super::pass::detach(&encoded),
                     paragen_data::batch::pad_to_tensor(
                         &paragen_data::batch::as_slices(&input),
                         special.pad,
@@ -298,7 +298,7 @@ pub(super) fn ctc_decode<B: Backend>(
         ),
     );
     let width = logits.dims()[1];
-    let (best, ids) = super::decode::best_log_probs(logits);
+    let (best, ids) = super::pass::best_log_probs(logits);
     Ok(input
         .iter()
         .enumerate()
@@ -309,9 +309,9 @@ pub(super) fn ctc_decode<B: Backend>(
                 .map(|&t| t as u32)
                 .collect();
             let tokens = if collapse_repeats {
-                super::decode::output_tokens(ctc_collapse(&positions, special.mask), special)
+                super::pass::output_tokens(ctc_collapse(&positions, special.mask), special)
             } else {
-                super::decode::output_tokens(positions, special)
+                super::pass::output_tokens(positions, special)
             };
             let score = best[i * width..i * width + frames].iter().sum::<f32>() / frames as f32;
             vec![NatCandidate { tokens, score }]

@@ -6,7 +6,7 @@ use burn::tensor::TensorData;
 use burn::tensor::activation::log_softmax;
 
 use super::NatStudent;
-use super::decode::all_mask_input;
+use super::pass::{all_mask_input, detach};
 use crate::layers::EncoderOutput;
 
 impl<B: Backend> NatStudent<B> {
@@ -109,14 +109,6 @@ impl<B: Backend> NatStudent<B> {
             .gather(1, length_targets.unsqueeze_dim(1))
             .mean();
         token_loss + length_loss * self.config.length_loss_weight
-    }
-}
-
-/// The encoder output cut from the autodiff graph, for passes that must not train it.
-pub(crate) fn detach<B: Backend>(encoded: &EncoderOutput<B>) -> EncoderOutput<B> {
-    EncoderOutput {
-        memory: encoded.memory.clone().detach(),
-        src_mask: encoded.src_mask.clone(),
     }
 }
 

@@ -14,16 +14,17 @@
 //! - this module: the model (config, layers, encoder, length classifier, decoder pass);
 //! - [`loss`]: CMLM and glancing (GLAT) training losses and their masks;
 //! - [`decode`]: one-pass, length-beam and mask-predict decoding, teacher rescoring;
-//! - [`ctc`]: the CTC decoder input, loss, Viterbi alignment and decoding.
+//! - [`ctc`]: the CTC decoder input, loss, Viterbi alignment and decoding;
+//! - [`pass`]: what those share of one parallel pass (inputs, best tokens, candidates).
 
 pub mod ctc;
 pub mod decode;
 pub mod loss;
+pub mod pass;
 
-pub use decode::{
-    NatCandidate, NatDecoding, all_mask_input, best_candidate, nat_decode, rescore_with_teacher,
-};
+pub use decode::{NatDecoding, best_candidate, nat_decode, rescore_with_teacher};
 pub use loss::{glancing_masks, sample_cmlm_masks};
+pub use pass::{NatCandidate, all_mask_input};
 
 use burn::nn::{DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
@@ -248,7 +249,7 @@ impl<B: Backend> NatStudent<B> {
 
 #[cfg(test)]
 mod tests {
-    use super::decode::{best_log_probs, rows_to_vec};
+    use super::pass::{best_log_probs, rows_to_vec};
     use super::*;
     use paragen_backend::TestBackend;
     use paragen_data::SpecialTokens;
