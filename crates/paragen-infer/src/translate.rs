@@ -292,3 +292,52 @@ pub fn evaluate<B: Backend>(
         hypotheses,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelConfig;
+    use paragen_backend::TestBackend;
+    use paragen_data::SpecialTokens;
+    use paragen_models::TransformerConfig;
+    use paragen_models::nat::NatConfig;
+
+    type B = TestBackend;
+
+    fn models() -> [Model<B>; 3] {
+        let shapes = TransformerConfig::tiny(24, SpecialTokens::trained());
+        let device = Default::default();
+        [
+            Model::new(&ModelConfig::Ar(shapes.clone()), &device).unwrap(),
+            Model::new(&ModelConfig::Nat(NatConfig::new(shapes.clone())), &device).unwrap(),
+            Model::new(&ModelConfig::Nat(NatConfig::ctc(shapes, 2)), &device).unwrap(),
+        ]
+    }
+
+    #[test]
+    fn each_kind_gets_the_decodings_it_supports_and_a_reason_for_the_others() {
+        let [ar, cmlm, ctc] = models();
+        let ask = |r: DecodeRequest, m: &Model<B>| r.decoding_for(m).map_err(|e| e.to_string());
+        let plain = DecodeRequest::default();
+        let beam = DecodeRequest { beam: 4, ..plain };
+        let refine = DecodeRequest {
+            iterations: 4,
+            length_beam: 3,
+            ..plain
+        };
+        assert_eq!(ask(plain, &ar).unwrap().name(), "greedy");
+        assert_eq!(ask(beam, &ar).unwrap().name(), "beam4");
+        assert_eq!(ask(refine, &cmlm).unwrap().name(), "mask-predict-4-lb3");
+        assert_eq!(ask(plain, &ctc).unwrap().name(), "one-pass");
+        assert!(
+            ask(refine, &ar)
+                .unwrap_err()
+                .contains("apply to NAT models")
+        );
+        assert!(ask(beam, &cmlm).unwrap_err().contains("AR models"));
+        assert!(ask(refine, &ctc).unwrap_err().contains("CTC student"));
+        let zero = DecodeRequest { beam: 0, ..plain };
+        assert!(ask(zero, &ar).unwrap_err().contains("at least 1"));
+        assert_eq!(Translator::new(&ctc).name(), "ctc2-one-pass");
+    }
+}
