@@ -44,7 +44,7 @@ pub struct GlobalArgs {
     pub device: usize,
     /// CPU threads for the ndarray/flex backends (default: one per core). On 2-core
     /// machines, 1 thread is often faster for batch-1 decoding.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = in_range(1, 256))]
     pub threads: Option<usize>,
     /// Only print warnings and errors.
     #[arg(long, short, global = true)]
@@ -97,7 +97,7 @@ pub struct PrepareArgs {
     #[arg(long, default_value = "work/data")]
     pub out: PathBuf,
     /// Size of the joint BPE vocabulary.
-    #[arg(long, default_value_t = 8000)]
+    #[arg(long, default_value_t = 8000, value_parser = in_range(16, 1_000_000))]
     pub vocab_size: usize,
     /// Thousandths of the pairs that go to the validation split.
     #[arg(long, default_value_t = 20)]
@@ -153,16 +153,16 @@ pub struct RunOverrides {
     #[arg(long)]
     pub resume: bool,
     /// Override the preset's number of epochs.
-    #[arg(long)]
+    #[arg(long, value_parser = in_range(1, 100_000))]
     pub epochs: Option<usize>,
     /// Override the preset's training-time budget in minutes (0: no limit).
-    #[arg(long)]
+    #[arg(long, value_parser = non_negative)]
     pub max_minutes: Option<f64>,
     /// Override the preset's batch size in padded tokens.
-    #[arg(long)]
+    #[arg(long, value_parser = in_range(16, 10_000_000))]
     pub max_tokens: Option<usize>,
     /// Override the preset's peak learning rate.
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub lr: Option<f64>,
     /// Override the preset's learning-rate warmup, in steps.
     #[arg(long)]
@@ -234,7 +234,7 @@ pub struct TrainStudentArgs {
     pub glance_ratio: f64,
     /// NAT-CTC: decoder positions per source token (2-3 in the literature; each one
     /// costs decoder time).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = in_range(1, 8))]
     pub upsample: usize,
     /// AR student: weight of the word-level KD term (0 to 1; 0 is plain cross-entropy).
     #[arg(long, default_value_t = 0.5)]
@@ -286,10 +286,10 @@ pub struct DistillArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Teacher beam size (Kim & Rush 2016 use 5); 1 is greedy, 3-4x faster.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = in_range(1, 64))]
     pub beam: usize,
     /// Sentences decoded together.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = in_range(1, 4096))]
     pub batch_size: usize,
     /// Distill only the first N training pairs.
     #[arg(long)]
@@ -299,24 +299,24 @@ pub struct DistillArgs {
 #[derive(Args, Clone)]
 pub struct DecodeArgs {
     /// Beam size; 1 means greedy search.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = in_range(1, 64))]
     pub beam: usize,
     /// Length penalty exponent of beam search (score / length^penalty).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative_f32)]
     pub length_penalty: f32,
     /// Longest output: ratio × source tokens + --max-len-extra.
-    #[arg(long, default_value_t = 1.5)]
+    #[arg(long, default_value_t = 1.5, value_parser = positive_f32)]
     pub max_len_ratio: f32,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = in_range(0, 1024))]
     pub max_len_extra: usize,
     /// Sentences decoded together.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = in_range(1, 4096))]
     pub batch_size: usize,
     /// NAT: mask-predict passes (1: one parallel pass).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = in_range(1, 100))]
     pub iterations: usize,
     /// NAT: target lengths tried per sentence, decoded in parallel.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = in_range(1, 32))]
     pub length_beam: usize,
     /// NAT: pick among the length-beam candidates with this AR model's score (noisy
     /// parallel decoding) instead of the student's own.
@@ -343,6 +343,59 @@ impl DecodeArgs {
             collapse_repeats: !self.keep_repeats,
         }
     }
+}
+
+/// A parser of whole numbers in `min..=max`, whose error names the range.
+fn in_range(min: u64, max: u64) -> impl Fn(&str) -> Result<usize, String> + Clone {
+    move |text| {
+        let value: u64 = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{text}` is not a whole number"))?;
+        if (min..=max).contains(&value) {
+            Ok(value as usize)
+        } else {
+            Err(format!("{value} is outside {min}..={max}"))
+        }
+    }
+}
+
+fn finite(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(format!("{value} is not a finite number"))
+    }
+}
+
+fn positive(text: &str) -> Result<f64, String> {
+    let value = finite(text)?;
+    if value > 0.0 {
+        Ok(value)
+    } else {
+        Err(format!("{value} must be greater than 0"))
+    }
+}
+
+fn non_negative(text: &str) -> Result<f64, String> {
+    let value = finite(text)?;
+    if value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(format!("{value} must not be negative"))
+    }
+}
+
+fn positive_f32(text: &str) -> Result<f32, String> {
+    positive(text).map(|v| v as f32)
+}
+
+fn non_negative_f32(text: &str) -> Result<f32, String> {
+    non_negative(text).map(|v| v as f32)
 }
 
 /// Parses nothing but `T`, so that code which needs `T` with its defaults (the
@@ -459,13 +512,13 @@ pub struct ProfileArgs {
     #[arg(long)]
     pub quality_sentences: Option<usize>,
     /// Test sentences decoded in each timed run.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = in_range(1, 1_000_000))]
     pub time_sentences: usize,
     /// Batch sizes to time.
     #[arg(long, default_value = "1,8,64", value_delimiter = ',')]
     pub batch_sizes: Vec<usize>,
     /// Timed runs per batch size (after one warm-up); the median is reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = in_range(1, 1000))]
     pub runs: usize,
     /// Also measure the fp32 matmul peak and the forward pass's achieved GFLOP/s.
     #[arg(long)]

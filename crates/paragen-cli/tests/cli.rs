@@ -54,6 +54,32 @@ fn backend_not_compiled_in_names_the_feature() {
 }
 
 #[test]
+fn out_of_range_options_are_refused_before_any_work() {
+    for (args, expect) in [
+        (&["eval", "--beam", "100000"][..], "outside 1..=64"),
+        (
+            &["eval", "--max-len-ratio", "NaN"][..],
+            "not a finite number",
+        ),
+        (&["eval", "--length-penalty=-1"][..], "must not be negative"),
+        (&["--threads", "0", "eval"][..], "outside 1..=256"),
+        (&["train-teacher", "--lr=-0.1"][..], "greater than 0"),
+        (
+            &["train-teacher", "--epochs", "0"][..],
+            "outside 1..=100000",
+        ),
+        (
+            &["prepare", "--vocab-size", "0"][..],
+            "outside 16..=1000000",
+        ),
+    ] {
+        let out = paragen(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(expect), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
 fn missing_model_is_a_clear_error() {
     let out = paragen(&["eval", "--model", "/nonexistent/run"]);
     assert_eq!(out.status.code(), Some(1));
