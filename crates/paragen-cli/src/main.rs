@@ -4,6 +4,14 @@
 //! library crates; all domain logic lives in them. Only this crate (and xtask) prints
 //! for people.
 
+/// `println!` that returns an error instead of panicking when stdout fails (a full
+/// disk, a closed pipe), for `?` in the commands.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        crate::write_stdout_line(format_args!($($arg)*))
+    };
+}
+
 mod args;
 mod commands;
 
@@ -34,9 +42,31 @@ fn main() -> std::process::ExitCode {
         .init();
     match commands::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // Like other Unix tools, stop quietly when the reader of our output went away
+        // (`paragen translate ... | head`).
+        Err(err) if is_broken_pipe(&err) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             std::process::ExitCode::from(1)
         }
     }
+}
+
+/// Writes one line to stdout; see `outln!`.
+fn write_stdout_line(args: std::fmt::Arguments) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.write_all(b"\n"))
+        .and_then(|()| stdout.flush())
+        .map_err(|e| anyhow::Error::new(e).context("cannot write the output to stdout"))
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

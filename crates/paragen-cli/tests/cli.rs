@@ -192,6 +192,22 @@ fn prepare_train_resume_eval_translate() {
     assert_eq!(report["sentences"], 12);
     assert_eq!(report["decoding"], "beam2");
 
+    // Output that cannot be written is an error, not a panic.
+    if let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
+        let out = Command::new(env!("CARGO_BIN_EXE_paragen"))
+            .args(["--quiet", "--backend", "ndarray", "eval", "--model", run_s])
+            .args(["--limit", "2"])
+            .stdout(full)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("cannot write the output"),
+            "{}",
+            stderr(&out)
+        );
+    }
+
     let mut child = Command::new(env!("CARGO_BIN_EXE_paragen"))
         .args([
             "--quiet",

@@ -342,6 +342,12 @@ pub fn training_page(info: &ReleaseInfo) -> String {
             "Not recorded: the run predates `history.jsonl`. Its options are in `run.json`.\n",
         );
     } else {
+        if info.commands[0].contains("--resume") {
+            page.push_str(
+                "The first invocations of this run predate `history.jsonl`; these are the \
+                 ones recorded since. The run's options are in `run.json`.\n\n",
+            );
+        }
         page.push_str("```sh\n");
         for c in &info.commands {
             page.push_str(c);

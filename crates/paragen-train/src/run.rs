@@ -264,14 +264,14 @@ pub fn open_run(
     fresh: impl FnOnce() -> Result<TrainRunConfig, TrainError>,
 ) -> Result<OpenRun, TrainError> {
     let run = RunDir::new(out);
+    if overrides.resume && !run.path("run.json").exists() {
+        return Err(TrainError::Options(format!(
+            "--resume needs an existing run, and {} holds none",
+            out.display()
+        )));
+    }
     let lock = run.lock()?;
     let mut config = if overrides.resume {
-        if !run.path("run.json").exists() {
-            return Err(TrainError::Options(format!(
-                "--resume needs an existing run, and {} holds none",
-                out.display()
-            )));
-        }
         run.load_config()?
     } else {
         if run.path("run.json").exists() {

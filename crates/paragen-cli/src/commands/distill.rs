@@ -53,7 +53,7 @@ fn distill<B: Backend>(args: &DistillArgs, device: &B::Device) -> anyhow::Result
             chunk_sentences: 1024,
         },
     )?;
-    println!(
+    outln!(
         "distilled {} training pairs with {} ({:.1} min{}{}) into {}",
         report.sentences,
         report.decoding,
@@ -72,6 +72,6 @@ fn distill<B: Backend>(args: &DistillArgs, device: &B::Device) -> anyhow::Result
             String::new()
         },
         out.display()
-    );
+    )?;
     Ok(())
 }

@@ -14,8 +14,7 @@ impl BackendTask for Eval {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let args = self.0;
         let (report, pairs) = evaluate_run::<B::InnerBackend>(&args, &device)?;
-        print_eval(&args, &report, &pairs);
-        Ok(())
+        print_eval(&args, &report, &pairs)
     }
 }
 
@@ -44,15 +43,18 @@ fn evaluate_run<B: burn::prelude::Backend>(
     Ok((report, pairs))
 }
 
-fn print_eval(args: &EvalArgs, report: &EvalReport, pairs: &[paragen_data::Pair]) {
+fn print_eval(
+    args: &EvalArgs,
+    report: &EvalReport,
+    pairs: &[paragen_data::Pair],
+) -> anyhow::Result<()> {
     if args.json {
         let mut value = serde_json::to_value(report).expect("report serializes");
         value["model"] = serde_json::json!(args.model.display().to_string());
         value["split"] = serde_json::json!(args.split);
-        println!("{value}");
-        return;
+        return outln!("{value}");
     }
-    println!(
+    outln!(
         "{} split: {} sentences, BLEU {:.2}, chrF {:.2} ({} decoding, batch {}, {:.1} s, {:.1} sentences/s)",
         args.split,
         report.sentences,
@@ -62,11 +64,14 @@ fn print_eval(args: &EvalArgs, report: &EvalReport, pairs: &[paragen_data::Pair]
         report.batch_size,
         report.seconds,
         report.sentences_per_second
-    );
+    )?;
     for (pair, hyp) in pairs.iter().zip(&report.hypotheses).take(args.show) {
-        println!(
+        outln!(
             "\n  source:    {}\n  reference: {}\n  paragen:   {}",
-            pair.src, pair.tgt, hyp
-        );
+            pair.src,
+            pair.tgt,
+            hyp
+        )?;
     }
+    Ok(())
 }

@@ -15,7 +15,7 @@ pub fn pipeline(spec: DeviceSpec, args: &PipelineArgs) -> anyhow::Result<()> {
             ..defaults()
         })?;
     } else {
-        println!("using prepared data in {}", data_dir.display());
+        outln!("using prepared data in {}", data_dir.display())?;
     }
     if args.force && teacher_dir.exists() {
         std::fs::remove_dir_all(&teacher_dir)
@@ -36,7 +36,7 @@ pub fn pipeline(spec: DeviceSpec, args: &PipelineArgs) -> anyhow::Result<()> {
             }),
         )??;
     } else {
-        println!("using the trained teacher in {}", teacher_dir.display());
+        outln!("using the trained teacher in {}", teacher_dir.display())?;
     }
     run_on(
         spec,

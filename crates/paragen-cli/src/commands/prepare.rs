@@ -27,7 +27,7 @@ pub fn prepare(args: &PrepareArgs) -> anyhow::Result<()> {
     }
     tracing::info!("preparing {:?} into {}", source, args.out.display());
     let report = paragen_data::prepare(&source, &args.out, args.vocab_size, split, policy)?;
-    println!(
+    outln!(
         "prepared {}: {} train, {} valid, {} test pairs; vocabulary {}{}",
         args.out.display(),
         report.train_pairs,
@@ -39,6 +39,6 @@ pub fn prepare(args: &PrepareArgs) -> anyhow::Result<()> {
         } else {
             String::new()
         }
-    );
+    )?;
     Ok(())
 }

@@ -34,7 +34,7 @@ impl BackendTask for Profile {
             self.spec.backend.name(),
             threads,
         )?;
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?)?;
         Ok(())
     }
 }

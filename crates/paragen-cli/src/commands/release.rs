@@ -41,7 +41,7 @@ impl BackendTask for Release {
             args.force,
             &device,
         )?;
-        println!(
+        outln!(
             "released {} as {} ({:.1} MB): {}",
             args.model.display(),
             args.out.display(),
@@ -51,7 +51,7 @@ impl BackendTask for Release {
                 .map(|t| format!("{} BLEU {:.2}", t.decoding, t.bleu))
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
+        )?;
         Ok(())
     }
 }
@@ -84,20 +84,26 @@ impl BackendTask for Demo {
                 args.models.display()
             );
         }
-        println!(
+        outln!(
             "{} test sentences ({}), English to French, batch 64, {} CPU threads\n",
             test.len(),
             args.data.display(),
             self.threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        );
-        println!(
+        )?;
+        outln!(
             "{:<14} {:<10} {:<16} {:>7} {:>7} {:>9} {:>8}",
-            "model", "kind", "decoding", "BLEU", "chrF", "ms/sent", "params"
-        );
+            "model",
+            "kind",
+            "decoding",
+            "BLEU",
+            "chrF",
+            "ms/sent",
+            "params"
+        )?;
         for model in &scored {
             for r in &model.reports {
-                println!(
+                outln!(
                     "{:<14} {:<10} {:<16} {:>7.2} {:>7.2} {:>9.2} {:>7.2}M",
                     model.name,
                     model.kind,
@@ -106,14 +112,14 @@ impl BackendTask for Demo {
                     r.chrf,
                     1000.0 * r.seconds / r.sentences.max(1) as f64,
                     model.params as f64 / 1e6
-                );
+                )?;
             }
         }
         for (i, pair) in test.iter().enumerate().take(args.show) {
-            println!("\n  source:    {}\n  reference: {}", pair.src, pair.tgt);
+            outln!("\n  source:    {}\n  reference: {}", pair.src, pair.tgt)?;
             for model in &scored {
                 if let Some(r) = model.reports.first() {
-                    println!("  {:<10} {}", format!("{}:", model.name), r.hypotheses[i]);
+                    outln!("  {:<10} {}", format!("{}:", model.name), r.hypotheses[i])?;
                 }
             }
         }

@@ -68,7 +68,7 @@ where
         resume,
         device,
     )?;
-    println!(
+    outln!(
         "trained {} epochs ({} steps) in {:.1} min{}; best valid BLEU {:.2} (epoch {}); model in {}",
         summary.epochs,
         summary.steps,
@@ -81,7 +81,7 @@ where
         summary.best_bleu.unwrap_or(0.0),
         summary.best_epoch.unwrap_or(0),
         run.path("model.mpk").display()
-    );
+    )?;
     Ok(())
 }
 
