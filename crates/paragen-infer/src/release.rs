@@ -172,6 +172,7 @@ pub fn release<B: Backend>(
     let info = describe(
         &config,
         &source,
+        &state,
         &out,
         shipped.param_count(),
         scores,
@@ -214,16 +215,17 @@ fn write_error(path: &Path, source: std::io::Error) -> ReleaseError {
     .into()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn describe(
     config: &RunConfig,
     source: &RunDir,
+    state: &crate::TrainerState,
     out: &RunDir,
     params: usize,
     test: Vec<TestScore>,
     machine: &str,
     to: &Path,
 ) -> Result<ReleaseInfo, ReleaseError> {
-    let state = out.load_state().unwrap_or_default();
     let shapes = config.transformer();
     let commands = source
         .read_json_lines("history.jsonl")?

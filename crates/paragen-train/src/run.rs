@@ -236,12 +236,12 @@ impl Overrides {
             train.seed = seed;
         }
         if let Some(dropout) = self.dropout {
-            if !(0.0..1.0).contains(&dropout) {
-                return Err(TrainError::Options(format!(
-                    "dropout {dropout} must be in [0, 1)"
-                )));
-            }
             config.model.transformer_mut().dropout = dropout;
+            // The model's own check of its config, so the rule lives in one place.
+            config
+                .transformer()
+                .validate()
+                .map_err(TrainError::Options)?;
         }
         Ok(())
     }
