@@ -253,7 +253,7 @@ fn build_quick_models(paragen: &Path, models_dir: &Path, args: &BenchArgs) -> an
             return Ok(());
         }
         command.extend(strings(&["--out", out]));
-        if Path::new(out).join("trainer.json").exists() {
+        if Path::new(out).join("run.json").exists() {
             command.push("--resume".into());
         }
         if let Some(m) = args.train_minutes {

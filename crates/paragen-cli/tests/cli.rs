@@ -1,38 +1,12 @@
 //! End-to-end tests of the `paragen` binary on a slice of the shipped corpus.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-/// Runs `paragen` with exactly these arguments.
-fn paragen_raw(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_paragen"))
-        .args(args)
-        .output()
-        .expect("paragen runs")
-}
+mod common;
 
-/// Runs `paragen` quietly on the ndarray backend.
-fn paragen(args: &[&str]) -> Output {
-    paragen_raw(&[&["--quiet", "--backend", "ndarray"], args].concat())
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn shipped_corpus() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/bible-en-fr.tsv.gz")
-}
-
-/// The first `n` verse pairs of the shipped corpus as a plain TSV.
-fn corpus_slice(dir: &Path, n: usize) -> PathBuf {
-    let pairs =
-        paragen_data::read_tsv(&shipped_corpus(), paragen_data::MalformedLines::Error).unwrap();
-    let path = dir.join("slice.tsv");
-    paragen_data::write_tsv(&path, &pairs.pairs[..n]).unwrap();
-    path
-}
+use common::*;
 
 #[test]
 fn unknown_backend_is_a_clear_error() {
@@ -138,15 +112,19 @@ fn prepare_train_resume_eval_translate() {
         "1",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let set = run.join(format!(
+        "checkpoints/step-{:09}",
+        paragen_infer::RunDir::new(&run).load_state().unwrap().step
+    ));
     for file in [
-        "run.json",
-        "tokenizer.json",
-        "model.mpk",
-        "last.mpk",
-        "optimizer.mpk",
-        "trainer.json",
+        run.join("run.json"),
+        run.join("tokenizer.json"),
+        run.join("model.mpk"),
+        set.join("last.mpk"),
+        set.join("optimizer.mpk"),
+        set.join("trainer.json"),
     ] {
-        assert!(run.join(file).exists(), "{file} missing");
+        assert!(file.exists(), "{} missing", file.display());
     }
 
     // A second run into the same directory must not silently overwrite it.
@@ -226,11 +204,18 @@ fn prepare_train_resume_eval_translate() {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"In the beginning God created the heavens and the earth.\nGod is love.\n")
+        .write_all(b"In the beginning God created the heavens and the earth.\n\nGod is love.\n")
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 2);
+    // A blank input line is a blank output line: line N translates line N.
+    let lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[1].is_empty(), "{lines:?}");
 
     release_demo_and_init_from(dir.path(), data_s, run_s);
 }
@@ -327,10 +312,6 @@ fn release_demo_and_init_from(dir: &Path, data: &str, run: &str) {
         "{}",
         stderr(&out)
     );
-}
-
-fn ok(out: &Output) {
-    assert!(out.status.success(), "{}", stderr(out));
 }
 
 #[test]

@@ -47,6 +47,17 @@ pub enum DistillError {
         found: String,
         expected: String,
     },
+    #[error(
+        "`{path}` was started with {recorded}, and this call asks for {asked}: repeat the \
+         first call's options to continue it, or delete `{path}` to start over"
+    )]
+    OptionsChanged {
+        path: String,
+        recorded: String,
+        asked: String,
+    },
+    #[error(transparent)]
+    Run(#[from] paragen_infer::CheckpointError),
 }
 
 /// How the teacher decodes the training split.
@@ -78,6 +89,57 @@ pub struct DistillReport {
 }
 
 const PARTIAL: &str = "train.tsv.partial";
+/// What the partial file was started with: a resumed call must ask for the same, or one
+/// file would mix two teachers' outputs while `distill.json` names only the last.
+const PARTIAL_OPTIONS: &str = "train.tsv.partial.json";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct PartialOptions {
+    teacher: String,
+    decoding: String,
+    limit: Option<usize>,
+    data: String,
+}
+
+impl std::fmt::Display for PartialOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "teacher `{}`, {}, data `{}`, limit {}",
+            self.teacher,
+            self.decoding,
+            self.data,
+            self.limit.map_or("none".into(), |l| l.to_string())
+        )
+    }
+}
+
+/// Records the options of a new partial file, or checks a resumed call against them.
+fn check_partial_options(out: &Path, asked: &PartialOptions) -> Result<(), DistillError> {
+    let path = out.join(PARTIAL_OPTIONS);
+    if !out.join(PARTIAL).exists() {
+        let json = serde_json::to_vec_pretty(asked).expect("options serialize");
+        return Ok(fsio::write_atomic(&path, &json)?);
+    }
+    // A partial file of a version before this record is taken as it is.
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(());
+    };
+    let recorded: PartialOptions =
+        serde_json::from_slice(&bytes).map_err(|e| DistillError::OptionsChanged {
+            path: out.join(PARTIAL).display().to_string(),
+            recorded: format!("options that cannot be read back ({e})"),
+            asked: asked.to_string(),
+        })?;
+    if &recorded != asked {
+        return Err(DistillError::OptionsChanged {
+            path: out.join(PARTIAL).display().to_string(),
+            recorded: recorded.to_string(),
+            asked: asked.to_string(),
+        });
+    }
+    Ok(())
+}
 
 /// Decodes the training split of `data` with `teacher` into `out`, a prepared-data
 /// directory whose `train.tsv` has the teacher's translations as targets (valid and
@@ -100,6 +162,23 @@ pub fn distill_corpus<B: Backend>(
         move |source| DistillError::Write { path, source }
     };
     std::fs::create_dir_all(out).map_err(write_err(out))?;
+    // One writer per output directory, as for a training run.
+    let _lock = paragen_infer::RunDir::new(out).lock()?;
+    let model = Model::Ar(teacher.clone());
+    let translator = Translator {
+        model: &model,
+        decoding: options.decoding,
+        rescorer: None,
+    };
+    check_partial_options(
+        out,
+        &PartialOptions {
+            teacher: teacher_name.to_string(),
+            decoding: translator.name(),
+            limit: options.limit,
+            data: data.dir.display().to_string(),
+        },
+    )?;
     let mut pairs = data.pairs(Split::Train)?;
     if let Some(limit) = options.limit {
         pairs.truncate(limit);
@@ -112,12 +191,6 @@ pub fn distill_corpus<B: Backend>(
             pairs.len()
         );
     }
-    let model = Model::Ar(teacher.clone());
-    let translator = Translator {
-        model: &model,
-        decoding: options.decoding,
-        rescorer: None,
-    };
     let max_positions = teacher.config().max_positions;
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -184,6 +257,8 @@ pub fn distill_corpus<B: Backend>(
     fsio::write_atomic(&out.join("distill.json"), &json)?;
     let train = out.join("train.tsv");
     std::fs::rename(&partial, &train).map_err(write_err(&train))?;
+    let options_file = out.join(PARTIAL_OPTIONS);
+    std::fs::remove_file(&options_file).map_err(write_err(&options_file))?;
     Ok(report)
 }
 
@@ -426,6 +501,28 @@ mod tests {
         let mut partial: String = first.lines().take(10).map(|l| format!("{l}\n")).collect();
         partial.push_str(&first.lines().nth(10).unwrap()[..3]);
         std::fs::write(c.join(PARTIAL), partial).unwrap();
+        // Resumed with other options, it would mix two kinds of output in one file.
+        let other = DistillOptions {
+            limit: Some(30),
+            ..options(16)
+        };
+        let recorded = PartialOptions {
+            teacher: "t".into(),
+            decoding: "greedy".into(),
+            limit: Some(40),
+            data: data.dir.display().to_string(),
+        };
+        std::fs::write(
+            c.join(PARTIAL_OPTIONS),
+            serde_json::to_vec(&recorded).unwrap(),
+        )
+        .unwrap();
+        for (name, asked) in [("t", &other), ("u", &options(16))] {
+            let err = distill_corpus(&model, name, &tokenizer, &data, &c, asked)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("repeat the first call's options"), "{err}");
+        }
         let resumed = distill_corpus(&model, "t", &tokenizer, &data, &c, &options(16)).unwrap();
         assert_eq!(resumed.resumed_from, 10);
         assert_eq!(std::fs::read_to_string(c.join("train.tsv")).unwrap(), first);

@@ -60,10 +60,7 @@ pub fn read_corpus(source: &CorpusSource, policy: MalformedLines) -> Result<Corp
 }
 
 fn open_lines(path: &Path) -> Result<impl Iterator<Item = std::io::Result<Vec<u8>>>, DataError> {
-    let file = std::fs::File::open(path).map_err(|source| DataError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let file = std::fs::File::open(path).map_err(|source| DataError::read(path, source))?;
     let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
         Box::new(MultiGzDecoder::new(file))
     } else {
@@ -76,10 +73,7 @@ fn open_lines(path: &Path) -> Result<impl Iterator<Item = std::io::Result<Vec<u8
 fn read_text_lines(path: &Path) -> Result<Vec<Result<String, DataError>>, DataError> {
     let mut out = Vec::new();
     for (i, line) in open_lines(path)?.enumerate() {
-        let bytes = line.map_err(|source| DataError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let bytes = line.map_err(|source| DataError::read(path, source))?;
         out.push(match String::from_utf8(bytes) {
             Ok(mut s) => {
                 if s.ends_with('\r') {
@@ -232,10 +226,7 @@ pub fn write_tsv(path: &Path, pairs: &[Pair]) -> Result<(), DataError> {
         let mut enc = GzEncoder::new(Vec::new(), Compression::best());
         std::io::Write::write_all(&mut enc, text.as_bytes())
             .and_then(|_| enc.finish())
-            .map_err(|source| DataError::Write {
-                path: path.display().to_string(),
-                source,
-            })?
+            .map_err(|source| DataError::write(path, source))?
     } else {
         text.into_bytes()
     };

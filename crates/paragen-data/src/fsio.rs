@@ -8,10 +8,7 @@ use crate::DataError;
 /// Writes `bytes` to `path` through a temporary file in the same folder, flushed to disk,
 /// then renamed over the target. Creates missing parent folders.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let err = |source| DataError::Write {
-        path: path.display().to_string(),
-        source,
-    };
+    let err = |source| DataError::write(path, source);
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -36,10 +33,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
 
 /// Reads a whole file, naming it in the error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, DataError> {
-    std::fs::read(path).map_err(|source| DataError::Read {
-        path: path.display().to_string(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| DataError::read(path, source))
 }
 
 #[cfg(test)]

@@ -60,6 +60,35 @@ pub enum DataError {
     },
     #[error("`{path}` holds no usable sentence pairs")]
     Empty { path: String },
+    #[error(
+        "`{path}`: its {split} split would be empty ({pairs} pairs, {per_mille} per mille to \
+         {split}); give it a larger share (`--{split}-per-mille` of `paragen prepare`) or use \
+         a larger corpus"
+    )]
+    EmptySplit {
+        path: String,
+        split: &'static str,
+        pairs: usize,
+        per_mille: u32,
+    },
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+}
+
+impl DataError {
+    /// A failed read of `path`.
+    pub fn read(path: &std::path::Path, source: std::io::Error) -> Self {
+        Self::Read {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    /// A failed write of `path`.
+    pub fn write(path: &std::path::Path, source: std::io::Error) -> Self {
+        Self::Write {
+            path: path.display().to_string(),
+            source,
+        }
+    }
 }

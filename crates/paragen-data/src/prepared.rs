@@ -46,6 +46,21 @@ pub fn prepare(
             path: format!("{} (training split)", describe(source)),
         });
     }
+    // Training validates on `valid` and reports on `test`: empty, both would be silent.
+    let pairs = train.len() + valid.len() + test.len();
+    for (name, held_out, per_mille) in [
+        ("valid", &valid, split.valid_per_mille),
+        ("test", &test, split.test_per_mille),
+    ] {
+        if held_out.is_empty() {
+            return Err(DataError::EmptySplit {
+                path: describe(source),
+                split: name,
+                pairs,
+                per_mille,
+            });
+        }
+    }
     let sentences = train.iter().flat_map(|p| [p.src.as_str(), p.tgt.as_str()]);
     let tokenizer = Tokenizer::train(sentences, vocab_size)?;
     for (split, pairs) in [
@@ -159,5 +174,31 @@ mod tests {
         );
         let encoded = encode_pairs(&tok, &test).unwrap();
         assert_eq!(tok.decode(&encoded[0].tgt).unwrap(), test[0].tgt);
+    }
+
+    #[test]
+    fn a_corpus_too_small_for_a_held_out_split_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let corpus = dir.path().join("c.tsv");
+        let lines: String = (0..5)
+            .map(|i| format!("{i}\tverse {i}\tverset {i}\n"))
+            .collect();
+        std::fs::write(&corpus, lines).unwrap();
+        let out = dir.path().join("prepared");
+        let err = prepare(
+            &CorpusSource::Tsv(corpus),
+            &out,
+            60,
+            SplitConfig::default(),
+            MalformedLines::Error,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("split would be empty (5 pairs"), "{err}");
+        assert!(
+            err.contains("--valid-per-mille") || err.contains("--test-per-mille"),
+            "{err}"
+        );
+        assert!(!out.exists());
     }
 }

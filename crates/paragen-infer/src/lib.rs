@@ -32,6 +32,7 @@
 //! **Depends on:** paragen-data, paragen-models, burn. **Invariant:** knows nothing about
 //! optimizers or training loops; never parses command lines.
 
+pub mod checkpoint;
 pub mod loaded;
 pub mod metrics;
 pub mod model;
@@ -42,6 +43,7 @@ pub mod run_dir;
 pub mod timing;
 pub mod translate;
 
+pub use checkpoint::Checkpoint;
 pub use loaded::{LoadedRun, OpenError};
 pub use metrics::{Bleu, corpus_bleu, corpus_chrf};
 pub use run_dir::{

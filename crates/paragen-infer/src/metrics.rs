@@ -43,6 +43,14 @@ static TOKENIZE_13A: LazyLock<[(Regex, &'static str); 4]> = LazyLock::new(|| {
     ]
 });
 
+/// Python's `str.split()` with no argument, which sacrebleu uses to cut words: Rust's
+/// `split_whitespace` plus the separators U+001C to U+001F, which Python counts as
+/// whitespace and Unicode's White_Space property does not.
+fn python_split(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+        .filter(|word| !word.is_empty())
+}
+
 /// sacrebleu's `13a` tokenizer (the mteval-v13a rules).
 pub fn tokenize_13a(line: &str) -> String {
     let mut line = line
@@ -60,7 +68,7 @@ pub fn tokenize_13a(line: &str) -> String {
     for (re, replacement) in TOKENIZE_13A.iter() {
         line = re.replace_all(&line, *replacement).into_owned();
     }
-    line.split_whitespace().collect::<Vec<_>>().join(" ")
+    python_split(&line).collect::<Vec<_>>().join(" ")
 }
 
 fn ngram_counts<'a>(tokens: &'a [&'a str], n: usize) -> HashMap<&'a [&'a str], usize> {
@@ -182,8 +190,8 @@ pub fn corpus_chrf(hypotheses: &[impl AsRef<str>], references: &[impl AsRef<str>
     // Per order: [hypothesis n-grams, reference n-grams, matches].
     let mut stats = [[0usize; 3]; CHRF_ORDER];
     for (hyp, reference) in hypotheses.iter().zip(references) {
-        let hyp: String = hyp.as_ref().split_whitespace().collect();
-        let reference: String = reference.as_ref().split_whitespace().collect();
+        let hyp: String = python_split(hyp.as_ref()).collect();
+        let reference: String = python_split(reference.as_ref()).collect();
         for (n, stat) in stats.iter_mut().enumerate() {
             let h = char_ngrams(&hyp, n + 1);
             let r = char_ngrams(&reference, n + 1);
@@ -230,6 +238,20 @@ mod tests {
             "Hello , world ! It's 3.14 and 1,000 ."
         );
         assert_eq!(tokenize_13a("a&amp;b (c) 5-6"), "a & b ( c ) 5 - 6");
+    }
+
+    #[test]
+    fn words_are_cut_where_python_cuts_them() {
+        // sacrebleu 2.6 scores this pair 100 (BLEU and chrF): `\x1f` splits words in
+        // Python's `str.split`.
+        let (hyp, reference) = (
+            ["le\x1fchat dort sur le tapis"],
+            ["le chat dort sur le tapis"],
+        );
+        assert!((corpus_bleu(&hyp, &reference).score - 100.0).abs() < 1e-9);
+        assert!((corpus_chrf(&hyp, &reference) - 100.0).abs() < 1e-9);
+        assert_eq!(tokenize_13a("a\u{1c}b\u{85}c\u{a0}d\u{3000}e"), "a b c d e");
+        assert_eq!(tokenize_13a("a\u{200b}b"), "a\u{200b}b");
     }
 
     #[test]

@@ -208,11 +208,7 @@ pub fn release<B: Backend>(
 }
 
 fn write_error(path: &Path, source: std::io::Error) -> ReleaseError {
-    paragen_data::DataError::Write {
-        path: path.display().to_string(),
-        source,
-    }
-    .into()
+    paragen_data::DataError::write(path, source).into()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -277,7 +273,14 @@ fn describe(
         decoder_layers: shapes.decoder_layers,
         d_model: shapes.d_model,
         dropout: shapes.dropout,
-        data_dir: config.data_dir.display().to_string(),
+        // As the commands that made it name it: relative to where they ran, not this
+        // machine's absolute path.
+        data_dir: std::env::current_dir()
+            .ok()
+            .and_then(|cwd| pathdiff::diff_paths(&config.data_dir, cwd))
+            .unwrap_or_else(|| config.data_dir.clone())
+            .display()
+            .to_string(),
         data_source,
         steps: state.step,
         epochs: state.epoch,

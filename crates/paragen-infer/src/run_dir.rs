@@ -6,14 +6,17 @@
 //!                   CTC decoder), the data it trained on, and what the trainer adds
 //!   tokenizer.json  the tokenizer the model was trained with
 //!   model.mpk       weights of the best model so far (by validation BLEU)
-//!   last.mpk        weights after the last completed epoch (for --resume)
-//!   optimizer.mpk   optimizer state after the last completed epoch
-//!   trainer.json    step, epoch, best score, elapsed time of the run
+//!   checkpoints/step-N/   the newest checkpoint set, what --resume reads:
+//!     last.mpk        weights after the last completed epoch
+//!     optimizer.mpk   optimizer state then
+//!     trainer.json    step, epoch, best score, elapsed time of the run
 //!   metrics.jsonl   one JSON object per validation
+//!   history.jsonl   the command line of every training invocation
+//!   run.lock        held by the one process writing the run
 //! ```
 //!
-//! Every file is written atomically, so an interrupted run leaves the previous version
-//! in place. A model is rebuilt from `run.json` alone (shapes included), then its weights
+//! Every file is written atomically, and a checkpoint set commits as a whole (see
+//! [`crate::checkpoint`]), so an interrupted run leaves the previous version in place. A model is rebuilt from `run.json` alone (shapes included), then its weights
 //! are loaded; a missing or corrupt file is an error naming it. `run.json` files of
 //! paragen before the typed model section (an untyped `model` plus `student.ctc_upsample`)
 //! are converted when read.
@@ -83,7 +86,11 @@ pub struct RunConfig<T = TrainingJson> {
     /// Name of the preset the run started from (`quick`, `base`, or `custom`).
     pub preset: String,
     pub model: ModelConfig,
-    /// The prepared data directory the run trains on.
+    /// The prepared data directory the run trains on. `run.json` stores it as `data`,
+    /// relative to the run directory (so that a run and its data move together, as in a
+    /// clone of the repository); [`RunDir::load_config`] gives it back as a path that
+    /// does not depend on the current directory.
+    #[serde(rename = "data")]
     pub data_dir: PathBuf,
     /// paragen version that created the run.
     pub paragen_version: String,
@@ -108,12 +115,21 @@ fn upgrade_legacy(value: &mut serde_json::Value) -> Result<bool, String> {
     let Some(object) = value.as_object_mut() else {
         return Err("not a JSON object".into());
     };
+    let mut upgraded = false;
+    if let Some(data_dir) = object.remove("data_dir") {
+        // Until `data`, the path was stored as given on the command line: relative to the
+        // directory training ran in, which the current directory is the best guess of.
+        let data_dir = data_dir.as_str().ok_or("`data_dir` is not a path")?;
+        let absolute = std::path::absolute(data_dir).map_err(|e| e.to_string())?;
+        object.insert("data".into(), json!(absolute));
+        upgraded = true;
+    }
     let legacy = object
         .get("model")
         .and_then(Value::as_object)
         .is_some_and(|m| m.contains_key("d_model"));
     if !legacy {
-        return Ok(false);
+        return Ok(upgraded);
     }
     let transformer = object.remove("model").expect("checked above");
     let kind = object
@@ -211,7 +227,10 @@ impl RunDir {
         Ok(fsio::read_file(&path)?)
     }
 
-    fn read_json<T: serde::de::DeserializeOwned>(&self, file: &str) -> Result<T, CheckpointError> {
+    pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        file: &str,
+    ) -> Result<T, CheckpointError> {
         let bytes = self.read(file)?;
         serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt {
             path: self.path(file).display().to_string(),
@@ -219,13 +238,47 @@ impl RunDir {
         })
     }
 
-    fn write_json<T: Serialize>(&self, file: &str, value: &T) -> Result<(), CheckpointError> {
+    pub(crate) fn write_json<T: Serialize>(
+        &self,
+        file: &str,
+        value: &T,
+    ) -> Result<(), CheckpointError> {
         let json = serde_json::to_vec_pretty(value).expect("run files serialize");
         Ok(fsio::write_atomic(&self.path(file), &json)?)
     }
 
     pub fn save_config<T: Serialize>(&self, config: &RunConfig<T>) -> Result<(), CheckpointError> {
-        self.write_json("run.json", config)
+        let mut value = serde_json::to_value(config).expect("run files serialize");
+        value["data"] = serde_json::json!(self.relative_to_root(&config.data_dir));
+        self.write_json("run.json", &value)
+    }
+
+    /// `path` relative to the run directory, when both have an absolute form.
+    fn relative_to_root(&self, path: &Path) -> PathBuf {
+        match (std::path::absolute(path), std::path::absolute(&self.root)) {
+            (Ok(path), Ok(root)) => pathdiff::diff_paths(&path, &root).unwrap_or(path),
+            _ => path.to_path_buf(),
+        }
+    }
+
+    /// A path stored relative to the run directory, made independent of the current
+    /// directory (`..` resolved lexically, as [`RunDir::relative_to_root`] made it).
+    fn resolve_from_root(&self, stored: &Path) -> PathBuf {
+        if stored.is_absolute() {
+            return stored.to_path_buf();
+        }
+        let root = std::path::absolute(&self.root).unwrap_or_else(|_| self.root.clone());
+        let mut resolved = PathBuf::new();
+        for part in root.join(stored).components() {
+            match part {
+                std::path::Component::ParentDir => {
+                    resolved.pop();
+                }
+                std::path::Component::CurDir => {}
+                other => resolved.push(other),
+            }
+        }
+        resolved
     }
 
     /// Reads `run.json` (converting the layout of older paragen versions) and checks
@@ -246,11 +299,12 @@ impl RunDir {
         if upgraded {
             tracing::debug!("{path}: converted from the layout before typed model sections");
         }
-        let config: RunConfig<T> =
+        let mut config: RunConfig<T> =
             serde_json::from_value(value).map_err(|e| CheckpointError::Corrupt {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
+        config.data_dir = self.resolve_from_root(&config.data_dir);
         if !config.kind.fits(&config.model) {
             return Err(CheckpointError::Corrupt {
                 path,
@@ -275,12 +329,19 @@ impl RunDir {
         Ok(Tokenizer::load(&path)?)
     }
 
-    pub fn save_state(&self, state: &TrainerState) -> Result<(), CheckpointError> {
+    /// Writes `trainer.json` in the run directory itself: a release's record of how far
+    /// its run trained (a training run commits it inside a checkpoint set instead).
+    pub(crate) fn save_state(&self, state: &TrainerState) -> Result<(), CheckpointError> {
         self.write_json("trainer.json", state)
     }
 
+    /// The trainer's progress as of the run's newest checkpoint set (see
+    /// [`RunDir::latest_checkpoint`]).
     pub fn load_state(&self) -> Result<TrainerState, CheckpointError> {
-        self.read_json("trainer.json")
+        match self.latest_checkpoint()? {
+            Some(checkpoint) => Ok(checkpoint.state),
+            None => Err(self.missing(crate::checkpoint::CHECKPOINTS)),
+        }
     }
 
     /// Saves any burn record (module weights or optimizer state) as named MessagePack.
@@ -401,10 +462,7 @@ impl RunDir {
         value: &serde_json::Value,
     ) -> Result<(), CheckpointError> {
         let path = self.path(file);
-        let write_err = |source| DataError::Write {
-            path: path.display().to_string(),
-            source,
-        };
+        let write_err = |source| DataError::write(&path, source);
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .read(true)
@@ -441,12 +499,7 @@ impl RunDir {
     /// beside a live run, gets an error naming the holder instead of mixing files.
     pub fn lock(&self) -> Result<RunLock, CheckpointError> {
         let path = self.path("run.lock");
-        let io_err = |source| {
-            CheckpointError::from(DataError::Write {
-                path: path.display().to_string(),
-                source,
-            })
-        };
+        let io_err = |source| CheckpointError::from(DataError::write(&path, source));
         std::fs::create_dir_all(&self.root).map_err(io_err)?;
         let mut file = std::fs::OpenOptions::new()
             .create(true)
@@ -719,6 +772,30 @@ mod tests {
     }
 
     #[test]
+    fn the_data_directory_is_stored_relative_to_the_run_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path().join("models/teacher"));
+        let mut config = test_config(30, SpecialTokens::trained());
+        config.data_dir = dir.path().join("work/data");
+        run.save_config(&config).unwrap();
+        let stored: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.path("run.json")).unwrap()).unwrap();
+        assert_eq!(stored["data"], "../../work/data");
+        // Wherever the reader stands, and however the run directory is named.
+        let spelled = RunDir::new(dir.path().join("models/./teacher"));
+        let loaded: RunConfig = spelled.load_config().unwrap();
+        assert_eq!(loaded.data_dir, dir.path().join("work/data"));
+        // Moved together with its data, the run still finds it.
+        std::fs::rename(dir.path(), dir.path().with_extension("moved")).unwrap();
+        let moved = dir.path().with_extension("moved");
+        let loaded: RunConfig = RunDir::new(moved.join("models/teacher"))
+            .load_config()
+            .unwrap();
+        assert_eq!(loaded.data_dir, moved.join("work/data"));
+        std::fs::rename(&moved, dir.path()).unwrap();
+    }
+
+    #[test]
     fn run_files_of_the_untyped_layout_still_load() {
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir::new(dir.path());
@@ -740,6 +817,11 @@ mod tests {
             assert_eq!(student["teacher"], "work/teacher");
             assert!(!student.contains_key("ctc_upsample"));
             assert_eq!(config.training["train"]["max_epochs"], 2);
+            // The old path was relative to the directory training ran in.
+            assert_eq!(
+                config.data_dir,
+                std::env::current_dir().unwrap().join("work/data")
+            );
         }
         let mut ar = legacy_nat_json(None);
         ar["kind"] = "ar-shallow".into();

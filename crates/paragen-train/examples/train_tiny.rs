@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
         &data,
         model,
         &objective,
-        false,
+        None,
         &device,
     )?;
     println!(

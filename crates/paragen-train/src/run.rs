@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::prelude::Backend;
 use paragen_data::{SpecialTokens, Tokenizer};
-use paragen_infer::{ModelConfig, ModelKind, RunConfig, RunDir, RunLock};
+use paragen_infer::{Checkpoint, ModelConfig, ModelKind, RunConfig, RunDir, RunLock};
 use paragen_models::TransformerConfig;
 use paragen_models::nat::NatConfig;
 use serde::{Deserialize, Serialize};
@@ -253,6 +253,9 @@ pub struct OpenRun {
     pub dir: RunDir,
     pub config: TrainRunConfig,
     pub lock: RunLock,
+    /// The newest complete checkpoint set when resuming; `None` for a new run and for a
+    /// run that was killed before its first epoch ended (it starts over, as it began).
+    pub checkpoint: Option<Checkpoint>,
 }
 
 /// Opens `out` for training: takes its lock (one writer per run), then reads its saved
@@ -271,6 +274,7 @@ pub fn open_run(
         )));
     }
     let lock = run.lock()?;
+    run.remove_stale_files()?;
     let mut config = if overrides.resume {
         run.load_config()?
     } else {
@@ -306,10 +310,24 @@ pub fn open_run(
         config.training.init_from = Some(from.clone());
     }
     overrides.apply(&mut config)?;
+    let checkpoint = if overrides.resume {
+        let checkpoint = run.latest_checkpoint()?;
+        if checkpoint.is_none() {
+            tracing::warn!(
+                "{} has no complete checkpoint yet (its first run ended inside epoch 1): \
+                 starting it from the beginning",
+                out.display()
+            );
+        }
+        checkpoint
+    } else {
+        None
+    };
     Ok(OpenRun {
         dir: run,
         config,
         lock,
+        checkpoint,
     })
 }
 
@@ -411,7 +429,9 @@ mod tests {
         // While it is open, nobody else may write the run, not even to resume it.
         let err = message(open_run(dir.path(), &resume, fresh));
         assert!(err.contains("in use by another paragen process"), "{err}");
-        let config = opened.config.clone();
+        let mut config = opened.config.clone();
+        // Read back, the data directory no longer depends on the current directory.
+        config.data_dir = std::path::absolute("d").unwrap();
         drop(opened);
         let err = message(open_run(dir.path(), &Overrides::default(), fresh));
         assert!(err.contains("already holds a run"), "{err}");

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use paragen_infer::progress::Progress;
 use paragen_infer::{
-    CheckpointError, RunDir, TrainerState, TranslateError, corpus_bleu, corpus_chrf,
+    Checkpoint, CheckpointError, RunDir, TrainerState, TranslateError, corpus_bleu, corpus_chrf,
 };
 
 use crate::clip::clip_global_norm;
@@ -218,8 +218,9 @@ pub fn validate<B: Backend, M: SeqModel<B>>(
     })
 }
 
-/// Trains `model` (fresh, or the run's last state when `resume`) as `config` says,
-/// writing checkpoints and metrics into `run`.
+/// Trains `model` as `config` says, from `resume_from`'s weights, optimizer and progress
+/// when given (else from `model` as it is), committing a checkpoint set and a metrics
+/// line into `run` after every epoch.
 #[allow(clippy::too_many_arguments)]
 pub fn train<B, M>(
     run: &RunDir,
@@ -228,7 +229,7 @@ pub fn train<B, M>(
     data: &TrainData,
     mut model: M,
     objective: &dyn Objective<B, M>,
-    resume: bool,
+    resume_from: Option<&Checkpoint>,
     device: &B::Device,
 ) -> Result<TrainSummary, TrainError>
 where
@@ -260,10 +261,10 @@ where
         .with_weight_decay(config.weight_decay as f32)
         .init::<B, M>();
     let mut state = TrainerState::default();
-    if resume {
-        state = run.load_state()?;
-        model = run.load_module("last.mpk", model, device)?;
-        optimizer = optimizer.load_record(run.load_record::<B, _>("optimizer.mpk", device)?);
+    if let Some(checkpoint) = resume_from {
+        state = checkpoint.state.clone();
+        model = checkpoint.load_weights(model, device)?;
+        optimizer = optimizer.load_record(checkpoint.load_optimizer::<B, _>(device)?);
         tracing::info!("resuming after epoch {} (step {})", state.epoch, state.step);
     }
     let schedule = InverseSqrtSchedule {
@@ -335,11 +336,11 @@ where
         if improved {
             state.best_bleu = Some(valid.bleu);
             state.best_epoch = Some(epoch);
+            // Before the set: a kill in between leaves a better model.mpk than the set
+            // records, and the resumed epoch then writes it again.
             run.save_module::<B, _>("model.mpk", &model)?;
         }
-        run.save_module::<B, _>("last.mpk", &model)?;
-        run.save_record::<B, _>("optimizer.mpk", optimizer.to_record())?;
-        run.save_state(&state)?;
+        run.commit_checkpoint::<B, _, _>(&state, &model, optimizer.to_record())?;
         let train_loss = loss_sum / loss_tokens.max(1) as f64;
         run.append_metrics(&serde_json::json!({
             "epoch": epoch,

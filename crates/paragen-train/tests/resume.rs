@@ -50,7 +50,10 @@ fn fresh_model(tokenizer: &Tokenizer) -> Transformer<B> {
 fn outputs(run: &RunDir, tokenizer: &Tokenizer) -> Vec<f32> {
     let device = Default::default();
     let model = run
-        .load_module::<B, _>("last.mpk", fresh_model(tokenizer), &device)
+        .latest_checkpoint()
+        .unwrap()
+        .expect("a checkpoint set")
+        .load_weights::<B, _>(fresh_model(tokenizer), &device)
         .unwrap();
     let src = paragen_data::batch::pad_to_tensor::<B>(&[&[5, 6, 7, 8]], 0, &device);
     let tgt = paragen_data::batch::pad_to_tensor::<B>(&[&[1, 9, 10]], 0, &device);
@@ -80,15 +83,17 @@ where
         max_epochs: epochs,
         ..TrainConfig::tiny()
     };
-    let run = |dir: &tempfile::TempDir, epochs, resume| {
+    let run = |dir: &tempfile::TempDir, epochs, resume: bool| {
+        let run = RunDir::new(dir.path());
+        let checkpoint = resume.then(|| run.latest_checkpoint().unwrap().unwrap());
         train(
-            &RunDir::new(dir.path()),
+            &run,
             &config(epochs),
             tokenizer,
             data,
             fresh(),
             objective,
-            resume,
+            checkpoint.as_ref(),
             &device,
         )
         .unwrap()
@@ -150,7 +155,7 @@ fn training_lowers_the_loss() {
         &data,
         fresh_model(&tokenizer),
         &OWN_LOSS,
-        false,
+        None,
         &Default::default(),
     )
     .unwrap();
@@ -197,7 +202,10 @@ fn glancing_nat_resumes_and_reloads(decoder: NatDecoder) {
     };
     let scores = |run: &RunDir| -> Vec<f32> {
         let model = run
-            .load_module::<B, _>("last.mpk", fresh(), &device)
+            .latest_checkpoint()
+            .unwrap()
+            .expect("a checkpoint set")
+            .load_weights::<B, _>(fresh(), &device)
             .unwrap();
         decode(&model).iter().flatten().map(|c| c.score).collect()
     };

@@ -22,7 +22,7 @@ pub fn pipeline(spec: DeviceSpec, args: &PipelineArgs) -> anyhow::Result<()> {
             .with_context(|| format!("removing {}", teacher_dir.display()))?;
     }
     if !teacher_dir.join("model.mpk").exists() {
-        let resume = teacher_dir.join("trainer.json").exists();
+        let resume = teacher_dir.join("run.json").exists();
         run_on(
             spec,
             super::train::TrainTeacher(TrainArgs {

@@ -13,17 +13,17 @@ use paragen_models::nat::NatStudent;
 use paragen_train::objective::{Glancing, Objective, OwnLoss, SeqModel};
 use paragen_train::run::init_weights;
 use paragen_train::trainer::TrainData;
-use paragen_train::{TrainError, TrainRunConfig, open_run, student_run, teacher_run};
+use paragen_train::{OpenRun, TrainError, open_run, student_run, teacher_run};
 
 use crate::args::{TrainArgs, TrainStudentArgs};
 
 /// Saves the run's config (and tokenizer, for a new run), trains, prints a summary.
+/// `resume`: the run existed (its tokenizer is read back, not replaced).
 fn train_and_report<B, M>(
-    run: &RunDir,
-    config: &TrainRunConfig,
+    opened: &OpenRun,
+    resume: bool,
     model: M,
     objective: &dyn Objective<B, M>,
-    resume: bool,
     device: &B::Device,
 ) -> anyhow::Result<()>
 where
@@ -31,6 +31,7 @@ where
     M: AutodiffModule<B> + SeqModel<B>,
     M::InnerModule: SeqModel<B::InnerBackend>,
 {
+    let (run, config) = (&opened.dir, &opened.config);
     let prepared = PreparedData::new(&config.data_dir);
     let tokenizer = if resume {
         run.load_tokenizer()?
@@ -53,7 +54,8 @@ where
         shapes.dropout,
         run.root().display(),
         match &config.training.init_from {
-            Some(from) if !resume => format!("; weights from {}", from.display()),
+            Some(from) if opened.checkpoint.is_none() =>
+                format!("; weights from {}", from.display()),
             _ => String::new(),
         }
     );
@@ -65,7 +67,7 @@ where
         &data,
         model,
         objective,
-        resume,
+        opened.checkpoint.as_ref(),
         device,
     )?;
     outln!(
@@ -85,16 +87,15 @@ where
     Ok(())
 }
 
-/// The weights a new run starts from: `--init-from`'s when given (only for a new run;
-/// a resumed run loads its own).
+/// The weights a run starts from when it has no checkpoint to resume: `--init-from`'s
+/// when the run records one (the trainer loads a checkpoint's own).
 fn starting_weights<B: Backend, M: burn::module::Module<B>>(
-    config: &TrainRunConfig,
-    resume: bool,
+    opened: &OpenRun,
     model: M,
     device: &B::Device,
 ) -> anyhow::Result<M> {
-    Ok(match &config.training.init_from {
-        Some(from) if !resume => init_weights(from, model, device)?,
+    Ok(match &opened.config.training.init_from {
+        Some(from) if opened.checkpoint.is_none() => init_weights(from, model, device)?,
         _ => model,
     })
 }
@@ -117,14 +118,14 @@ impl BackendTask for TrainTeacher {
             let tokenizer = data_tokenizer(&args.data)?;
             Ok(teacher_run(args.preset.to_lib(), &tokenizer, &args.data))
         })?;
-        let (run, config) = (&opened.dir, &opened.config);
+        let config = &opened.config;
         B::seed(&device, config.training.train.seed);
         let model = Transformer::<B>::new(config.transformer(), &device)?;
-        let model = starting_weights(config, overrides.resume, model, &device)?;
+        let model = starting_weights(&opened, model, &device)?;
         let objective = OwnLoss {
             label_smoothing: config.training.train.label_smoothing,
         };
-        train_and_report(run, config, model, &objective, overrides.resume, &device)
+        train_and_report(&opened, overrides.resume, model, &objective, &device)
     }
 }
 
@@ -145,7 +146,7 @@ impl BackendTask for TrainStudent {
                 args.recipe(),
             )
         })?;
-        let (run, config) = (&opened.dir, &opened.config);
+        let config = &opened.config;
         let student = config
             .training
             .student
@@ -171,8 +172,9 @@ impl BackendTask for TrainStudent {
             None => None,
         };
         let resume = overrides.resume;
-        let from_teacher =
-            student.init_from_teacher && !resume && config.training.init_from.is_none();
+        let from_teacher = student.init_from_teacher
+            && opened.checkpoint.is_none()
+            && config.training.init_from.is_none();
         let label_smoothing = config.training.train.label_smoothing;
         B::seed(&device, config.training.train.seed);
         match &config.model {
@@ -182,7 +184,7 @@ impl BackendTask for TrainStudent {
                     model
                         .init_from_teacher(teacher.as_ref().context("no teacher to start from")?)?;
                 }
-                let model = starting_weights(config, resume, model, &device)?;
+                let model = starting_weights(&opened, model, &device)?;
                 let objective: Box<dyn Objective<B, NatStudent<B>>> = match student.glance_ratio {
                     Some(ratio) => Box::new(Glancing {
                         ratio,
@@ -190,7 +192,7 @@ impl BackendTask for TrainStudent {
                     }),
                     None => Box::new(OwnLoss { label_smoothing }),
                 };
-                train_and_report(run, config, model, objective.as_ref(), resume, &device)
+                train_and_report(&opened, resume, model, objective.as_ref(), &device)
             }
             ModelConfig::Ar(shapes) => {
                 let mut model = Transformer::<B>::new(shapes, &device)?;
@@ -198,7 +200,7 @@ impl BackendTask for TrainStudent {
                     model
                         .init_from_teacher(teacher.as_ref().context("no teacher to start from")?)?;
                 }
-                let model = starting_weights(config, resume, model, &device)?;
+                let model = starting_weights(&opened, model, &device)?;
                 let objective: Box<dyn Objective<B, Transformer<B>>> =
                     match teacher.filter(|_| student.kd_weight > 0.0) {
                         Some(teacher) => Box::new(WordKd::new(
@@ -209,7 +211,7 @@ impl BackendTask for TrainStudent {
                         )),
                         None => Box::new(OwnLoss { label_smoothing }),
                     };
-                train_and_report(run, config, model, objective.as_ref(), resume, &device)
+                train_and_report(&opened, resume, model, objective.as_ref(), &device)
             }
         }
     }

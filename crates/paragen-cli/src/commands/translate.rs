@@ -40,20 +40,28 @@ impl BackendTask for Translate {
         let args = self.0;
         let loaded = open::<B::InnerBackend>(&args.model, &args.decode, &device)?;
         let lines = read_lines(args.input.as_deref())?;
-        let texts: Vec<&str> = lines.iter().map(|l| l.trim()).collect();
-        if let Some(i) = texts.iter().position(|t| t.is_empty()) {
-            bail!("input line {} is empty; give one sentence per line", i + 1);
-        }
-        let outputs = translate_texts(
+        // Blank lines are kept as blank output lines, so that output line N always
+        // translates input line N.
+        let texts: Vec<&str> = lines
+            .iter()
+            .map(|l| l.trim())
+            .filter(|t| !t.is_empty())
+            .collect();
+        let mut outputs = translate_texts(
             &loaded.translator(),
             &loaded.tokenizer,
             &texts,
             args.decode.batch_size,
             true,
-        )?;
+        )?
+        .into_iter();
         let mut stdout = std::io::stdout().lock();
-        for line in outputs {
-            writeln!(stdout, "{line}")?;
+        for line in &lines {
+            let output = match line.trim().is_empty() {
+                true => String::new(),
+                false => outputs.next().expect("one output per non-blank line"),
+            };
+            writeln!(stdout, "{output}")?;
         }
         Ok(())
     }
