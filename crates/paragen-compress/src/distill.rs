@@ -125,20 +125,16 @@ fn check_partial_options(out: &Path, asked: &PartialOptions) -> Result<(), Disti
     let Ok(bytes) = std::fs::read(&path) else {
         return Ok(());
     };
-    let recorded: PartialOptions =
-        serde_json::from_slice(&bytes).map_err(|e| DistillError::OptionsChanged {
-            path: out.join(PARTIAL).display().to_string(),
-            recorded: format!("options that cannot be read back ({e})"),
-            asked: asked.to_string(),
-        })?;
-    if &recorded != asked {
-        return Err(DistillError::OptionsChanged {
-            path: out.join(PARTIAL).display().to_string(),
-            recorded: recorded.to_string(),
-            asked: asked.to_string(),
-        });
-    }
-    Ok(())
+    let recorded = match serde_json::from_slice::<PartialOptions>(&bytes) {
+        Ok(recorded) if &recorded == asked => return Ok(()),
+        Ok(recorded) => recorded.to_string(),
+        Err(e) => format!("options that cannot be read back ({e})"),
+    };
+    Err(DistillError::OptionsChanged {
+        path: out.join(PARTIAL).display().to_string(),
+        recorded,
+        asked: asked.to_string(),
+    })
 }
 
 /// Decodes the training split of `data` with `teacher` into `out`, a prepared-data

@@ -143,23 +143,29 @@ pub fn encode_pairs(tokenizer: &Tokenizer, pairs: &[Pair]) -> Result<Vec<Example
 mod tests {
     use super::*;
 
-    #[test]
-    fn prepare_writes_splits_tokenizer_and_report() {
-        let dir = tempfile::tempdir().unwrap();
-        let corpus = dir.path().join("c.tsv");
-        let lines: String = (0..300)
+    /// Prepares a corpus of `n` numbered verse pairs into `dir/prepared`.
+    fn prepare_numbered(dir: &Path, n: usize) -> (PathBuf, Result<PrepareReport, DataError>) {
+        let corpus = dir.join("c.tsv");
+        let lines: String = (0..n)
             .map(|i| format!("{i}\tthe verse number {i} speaks\tle verset numéro {i} parle\n"))
             .collect();
         std::fs::write(&corpus, lines).unwrap();
-        let out = dir.path().join("prepared");
+        let out = dir.join("prepared");
         let report = prepare(
             &CorpusSource::Tsv(corpus),
             &out,
             120,
             SplitConfig::default(),
             MalformedLines::Error,
-        )
-        .unwrap();
+        );
+        (out, report)
+    }
+
+    #[test]
+    fn prepare_writes_splits_tokenizer_and_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, report) = prepare_numbered(dir.path(), 300);
+        let report = report.unwrap();
         assert_eq!(
             report.train_pairs + report.valid_pairs + report.test_pairs,
             300
@@ -179,21 +185,8 @@ mod tests {
     #[test]
     fn a_corpus_too_small_for_a_held_out_split_is_refused_before_anything_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let corpus = dir.path().join("c.tsv");
-        let lines: String = (0..5)
-            .map(|i| format!("{i}\tverse {i}\tverset {i}\n"))
-            .collect();
-        std::fs::write(&corpus, lines).unwrap();
-        let out = dir.path().join("prepared");
-        let err = prepare(
-            &CorpusSource::Tsv(corpus),
-            &out,
-            60,
-            SplitConfig::default(),
-            MalformedLines::Error,
-        )
-        .unwrap_err()
-        .to_string();
+        let (out, report) = prepare_numbered(dir.path(), 5);
+        let err = report.unwrap_err().to_string();
         assert!(err.contains("split would be empty (5 pairs"), "{err}");
         assert!(
             err.contains("--valid-per-mille") || err.contains("--test-per-mille"),

@@ -16,8 +16,9 @@
 //! ```
 //!
 //! Every file is written atomically, and a checkpoint set commits as a whole (see
-//! [`crate::checkpoint`]), so an interrupted run leaves the previous version in place. A model is rebuilt from `run.json` alone (shapes included), then its weights
-//! are loaded; a missing or corrupt file is an error naming it. `run.json` files of
+//! [`crate::checkpoint`]), so an interrupted run leaves the previous version in place.
+//! A model is rebuilt from `run.json` alone (shapes included), then its weights are
+//! loaded; a missing or corrupt file is an error naming it. `run.json` files of
 //! paragen before the typed model section (an untyped `model` plus `student.ctc_upsample`)
 //! are converted when read.
 //!
