@@ -5,11 +5,13 @@
 //! - `ci`: what `.ci/run` runs, cheapest checks first (fmt, clippy, tests, feature checks);
 //! - `bench`: criterion benchmarks plus one report of quality and speed of every
 //!   trained variant (`target/paragen-report/`, `docs/results.md`);
-//! - `tidy`: repository rules (crate docs, one-way crate dependencies).
+//! - `tidy`: repository rules (crate docs, one-way crate dependencies);
+//! - `fuzz`: every cargo-fuzz target for a number of inputs, results in `docs/fuzzing.md`.
 
 mod bench;
 mod ci;
 mod data;
+mod fuzz;
 mod report;
 mod tidy;
 
@@ -32,6 +34,8 @@ enum Command {
     Tidy,
     /// Measure every trained model variant and write target/paragen-report/.
     Bench(bench::BenchArgs),
+    /// Run every cargo-fuzz target (nightly, cargo-fuzz) and write docs/fuzzing.md.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         Command::Ci(args) => ci::run(args),
         Command::Tidy => tidy::run(),
         Command::Bench(args) => bench::run(args),
+        Command::Fuzz(args) => fuzz::run(args),
     }
 }
 

@@ -2,10 +2,11 @@
 //!
 //! - every crate's `lib.rs` / `main.rs` starts with a `//!` crate doc;
 //! - paragen crates depend on each other only in the direction of the layers
-//!   (backend <- data <- models <- infer <- train <- compress <- cli); see
+//!   (backend <- data <- models <- infer <- train <- compress <- cli <- fuzz); see
 //!   docs/architecture.md;
 //! - library crates use `paragen-backend` only in tests (a dev-dependency), so a library
-//!   user links no backend they did not choose; only the binary picks backends;
+//!   user links no backend they did not choose; only the binary (and the fuzz harness)
+//!   picks backends;
 //! - no source file in `crates/` has more than [`MAX_CODE_LINES`] lines before its tests.
 
 use std::path::Path;
@@ -13,7 +14,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 
 /// The layers, lowest first. A crate may depend only on crates before it.
-pub const LAYERS: [&str; 7] = [
+pub const LAYERS: [&str; 8] = [
     "paragen-backend",
     "paragen-data",
     "paragen-models",
@@ -21,13 +22,14 @@ pub const LAYERS: [&str; 7] = [
     "paragen-train",
     "paragen-compress",
     "paragen-cli",
+    "paragen-fuzz",
 ];
 
 /// The longest a source file may be, in lines before its `#[cfg(test)]` module.
 pub const MAX_CODE_LINES: usize = 600;
 
-/// The crates that may choose a backend (binaries).
-const PICKS_BACKENDS: [&str; 1] = ["paragen-cli"];
+/// The crates that may choose a backend: the binary, and the fuzz targets' harness.
+const PICKS_BACKENDS: [&str; 2] = ["paragen-cli", "paragen-fuzz"];
 
 pub fn run() -> anyhow::Result<()> {
     let root = crate::workspace_root();

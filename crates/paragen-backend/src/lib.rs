@@ -10,6 +10,7 @@
 
 #[cfg(feature = "allocator")]
 pub mod allocator;
+pub mod probe;
 
 use std::fmt;
 use std::str::FromStr;
@@ -111,6 +112,12 @@ pub enum BackendError {
         backend: BackendKind,
         compiled: String,
     },
+    /// The backend is compiled in but cannot start here (no driver, no device).
+    #[error("backend `{backend}` cannot start on this machine: {reason}")]
+    Unavailable {
+        backend: BackendKind,
+        reason: String,
+    },
     /// The device index is not valid for the backend.
     #[error("backend `{backend}` has a single device, index 0; got index {index}")]
     BadDeviceIndex { backend: BackendKind, index: usize },
@@ -199,9 +206,12 @@ pub fn run_on<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output, Ba
             burn::backend::wgpu::WgpuDevice::DiscreteGpu(spec.index),
         ),
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => task.run::<burn::backend::Autodiff<burn::backend::Cuda>>(
-            burn::backend::cuda::CudaDevice::new(spec.index),
-        ),
+        BackendKind::Cuda => {
+            probe::probe_cuda(probe::CUDA_DRIVER_LIBRARIES, spec.index)?;
+            task.run::<burn::backend::Autodiff<burn::backend::Cuda>>(
+                burn::backend::cuda::CudaDevice::new(spec.index),
+            )
+        }
         other => {
             return Err(BackendError::NotCompiled {
                 backend: other,

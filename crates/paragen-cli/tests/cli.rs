@@ -470,3 +470,35 @@ fn distill_train_students_and_decode_them_every_way() {
     assert_eq!(profile["decoding"], "mask-predict-2");
     assert!(profile["roofline"]["forward_gflops"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn a_decode_that_cannot_fit_in_memory_is_refused_before_it_starts() {
+    // 4096 long sentences at beam 64 with the shipped teacher: hundreds of GiB of KV
+    // cache. Without the estimate this was OOM-killed after filling the machine.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("long.txt");
+    let line = "And God said, Let there be light: and there was light. ".repeat(10);
+    std::fs::write(&input, format!("{line}\n").repeat(4096)).unwrap();
+    let started = std::time::Instant::now();
+    let out = paragen(&[
+        "translate",
+        "--model",
+        &repo_path("models/teacher"),
+        "--beam",
+        "64",
+        "--batch-size",
+        "4096",
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(
+        text.contains("GiB is available") && text.contains("--batch-size"),
+        "{text}"
+    );
+    assert!(
+        started.elapsed().as_secs() < 60,
+        "refused only after decoding"
+    );
+}

@@ -73,26 +73,49 @@ fn twenty_kills_at_random_moments_never_lose_a_committed_checkpoint() {
     .unwrap();
     ok(&out);
     let run = dir.path().join("run");
-    // A fixed pseudo-random sequence of moments, from inside start-up to a few epochs in.
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut last_step = None;
-    let mut moved = 0;
-    for kill in 0..20 {
-        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        let delay = Duration::from_millis(300 + (seed >> 33) % 3_000);
+    let train = |resume: bool| {
         let mut command = paragen_in(
             dir.path(),
             &["train-teacher", "--preset", "tiny", "--data", "data"],
         );
         command.args(["--out", "run", "--epochs", "10000", "--max-tokens", "4096"]);
-        if run.join("run.json").exists() {
+        if resume {
             command.arg("--resume");
         }
-        let mut child = command
+        command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
+            .unwrap()
+    };
+    // The kill moments scale with how long start-up and one epoch take on this machine
+    // now (a loaded machine is several times slower): a first run is timed to its first
+    // checkpoint, then killed.
+    let started = std::time::Instant::now();
+    let mut child = train(false);
+    while checkpoint_step(&run).is_none() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "training ended by itself"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no checkpoint in 5 min"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first_checkpoint = started.elapsed();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A fixed pseudo-random sequence of moments, from inside start-up to a few epochs in.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut last_step = checkpoint_step(&run);
+    let mut moved = 0;
+    for kill in 0..20 {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let share = 0.2 + ((seed >> 33) % 1_000) as f64 / 1_000.0 * 2.8;
+        let delay = first_checkpoint.mul_f64(share);
+        let mut child = train(true);
         std::thread::sleep(delay);
         if let Ok(Some(status)) = child.try_wait() {
             let out = child.wait_with_output().unwrap();
@@ -117,7 +140,10 @@ fn twenty_kills_at_random_moments_never_lose_a_committed_checkpoint() {
             "kill {kill}: metrics epochs {epochs:?}"
         );
     }
-    assert!(moved >= 3, "only {moved} of 20 runs got to a checkpoint");
+    assert!(
+        moved >= 3,
+        "only {moved} of 20 runs got to a new checkpoint (first one after {first_checkpoint:?})"
+    );
 
     // Finished from the last set: no temp file or partial set of the dead writers stays.
     let done = metric_epochs(&run).last().copied().unwrap_or(0) + 1;

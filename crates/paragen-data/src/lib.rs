@@ -10,7 +10,8 @@
 //! - [`batch`] groups encoded pairs into batches under a padded-token budget, with length
 //!   bucketing and a seeded shuffle, and turns a batch into burn tensors;
 //! - [`prepared`] makes and reads a prepared data directory (splits + tokenizer);
-//! - [`fsio`] writes files atomically (temp file + rename), for every crate above this one.
+//! - [`fsio`] writes files atomically (temp file + rename), for every crate above this one;
+//! - [`guard`] turns panics of third-party parsers on corrupt files into errors.
 //!
 //! **Depends on:** burn (tensors); paragen-backend only in tests. **Invariant:** knows
 //! nothing about models or training; never prints (it logs through `tracing`).
@@ -18,6 +19,7 @@
 pub mod batch;
 pub mod corpus;
 pub mod fsio;
+pub mod guard;
 pub mod prepared;
 pub mod split;
 pub mod tokenizer;

@@ -129,10 +129,19 @@ impl Tokenizer {
     /// Loads a `tokenizer.json`.
     pub fn load(path: &Path) -> Result<Self, TokenizerError> {
         let shown = path.display().to_string();
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::Load {
+        let refuse = |reason: String| TokenizerError::Load {
             path: shown.clone(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| refuse(e.to_string()))?;
+        // tokenizers 0.22 panics ("Helper") on a JSON syntax error inside some sections,
+        // such as the decoder (found by fuzzing, `crates/paragen-fuzz`): parse the JSON
+        // first, then build the tokenizer from the parsed value.
+        let json: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| refuse(format!("not valid JSON: {e}")))?;
+        let inner = crate::guard::catch_quietly(|| serde_json::from_value(json))
+            .map_err(|panic| refuse(format!("the tokenizers crate rejected it: {panic}")))?
+            .map_err(|e: serde_json::Error| refuse(e.to_string()))?;
         Self::from_inner(inner, &shown)
     }
 
@@ -212,5 +221,24 @@ mod tests {
         std::fs::write(&path, "{not json").unwrap();
         let msg = Tokenizer::load(&path).unwrap_err().to_string();
         assert!(msg.contains("tokenizer.json"), "{msg}");
+    }
+
+    #[test]
+    fn a_syntax_error_inside_the_decoder_is_an_error_not_a_panic() {
+        // The input the fuzzer found: tokenizers panics on it ("Helper").
+        let tok = Tokenizer::train(TEXT.iter().copied(), 200).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        tok.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let at = text.find("\"decoder\"").expect("a decoder section");
+        let colon = at + text[at..].find("\"type\"").unwrap() + "\"type\"".len();
+        let broken = format!("{}{}", &text[..colon], &text[colon..].replacen(':', " ", 1));
+        std::fs::write(&path, broken).unwrap();
+        let msg = Tokenizer::load(&path).unwrap_err().to_string();
+        assert!(
+            msg.contains("tokenizer.json") && msg.contains("JSON"),
+            "{msg}"
+        );
     }
 }

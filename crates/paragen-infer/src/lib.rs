@@ -9,6 +9,8 @@
 //!   translation and [`evaluate`];
 //! - [`metrics`]: corpus BLEU and chrF, exactly as sacrebleu computes them;
 //! - [`loaded`]: [`LoadedRun`], a run opened for decoding the way a request asks;
+//! - [`memory`]: the memory a decode needs, estimated so that an impossible batch is
+//!   refused before it starts;
 //! - [`timing`]: decoding timings (warm-up, median of runs) and GFLOP/s measurements;
 //! - [`profile`]: one model's quality, speed per batch size and roofline, for benches;
 //! - [`release`]: release models (half precision, scored after conversion, generated
@@ -34,6 +36,7 @@
 
 pub mod checkpoint;
 pub mod loaded;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod profile;
@@ -51,5 +54,5 @@ pub use run_dir::{
 };
 pub use translate::{
     DecodeRequest, Decoding, EvalReport, Model, TranslateError, Translator, evaluate,
-    translate_ids, translate_texts,
+    translate_ids, translate_lines, translate_texts,
 };

@@ -367,10 +367,14 @@ impl RunDir {
         device: &B::Device,
     ) -> Result<R, CheckpointError> {
         let bytes = self.read(file)?;
-        Recorder::<B>::load(&Mpk::default(), bytes, device).map_err(|e| CheckpointError::Corrupt {
+        let corrupt = |reason: String| CheckpointError::Corrupt {
             path: self.path(file).display().to_string(),
-            reason: e.to_string(),
-        })
+            reason,
+        };
+        // burn 0.21 panics on some corrupt records ("Invalid id.", found by fuzzing).
+        paragen_data::guard::catch_quietly(|| Recorder::<B>::load(&Mpk::default(), bytes, device))
+            .map_err(|panic| corrupt(format!("burn could not read it: {panic}")))?
+            .map_err(|e| corrupt(e.to_string()))
     }
 
     /// Saves module weights in half precision (for release models).

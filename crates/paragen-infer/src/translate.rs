@@ -133,6 +133,18 @@ pub enum TranslateError {
     Tokenizer(#[from] TokenizerError),
     #[error("{0}")]
     Options(String),
+    #[error(
+        "{decoding} decoding of {batch} sentences of up to {tokens} tokens at once needs about \
+         {needed_gib:.1} GiB, and {available_gib:.1} GiB is available: lower --batch-size \
+         (or the beam or length beam)"
+    )]
+    OutOfMemory {
+        decoding: String,
+        batch: usize,
+        tokens: usize,
+        needed_gib: f64,
+        available_gib: f64,
+    },
     #[error("{decoding} decoding does not apply to {kind} models")]
     WrongDecoding {
         decoding: String,
@@ -172,6 +184,32 @@ impl<'a, B: Backend> Translator<'a, B> {
             Some(_) => format!("{name}-rescored"),
             None => name,
         }
+    }
+
+    /// Refuses batches (of sentence indices into `lengths`) that cannot fit in the
+    /// memory available now, before any is decoded.
+    pub fn check_memory(
+        &self,
+        batches: &[Vec<usize>],
+        lengths: &[usize],
+    ) -> Result<(), TranslateError> {
+        let available = crate::memory::available_bytes();
+        for batch in batches {
+            let tokens = batch.iter().map(|&i| lengths[i]).max().unwrap_or(0);
+            let needed =
+                crate::memory::decode_bytes(self.model, &self.decoding, batch.len(), tokens);
+            crate::memory::check_fits(needed, available).map_err(|(needed, available)| {
+                let gib = |bytes: f64| bytes / f64::from(1u32 << 30);
+                TranslateError::OutOfMemory {
+                    decoding: self.name(),
+                    batch: batch.len(),
+                    tokens,
+                    needed_gib: gib(needed),
+                    available_gib: gib(available),
+                }
+            })?;
+        }
+        Ok(())
     }
 
     /// Decodes one batch of token-id sources (no length checks, no reordering).
@@ -219,6 +257,7 @@ pub fn translate_ids<B: Backend>(
         })?;
     let mut outputs = vec![Vec::new(); sources.len()];
     let batches = inference_batches(&lengths, batch_size);
+    translator.check_memory(&batches, &lengths)?;
     let mut progress =
         show_progress.then(|| Progress::new("decoding", sources.len() as u64, "sentences"));
     for batch in batches {
@@ -251,6 +290,32 @@ pub fn translate_texts<B: Backend>(
         .iter()
         .map(|ids| tokenizer.decode(ids).map_err(TranslateError::from))
         .collect()
+}
+
+/// Translates a text line by line, as `paragen translate` reads its input: surrounding
+/// whitespace is trimmed, and a blank line gives a blank output line, so that output line
+/// N always translates input line N.
+pub fn translate_lines<B: Backend, S: AsRef<str>>(
+    translator: &Translator<'_, B>,
+    tokenizer: &Tokenizer,
+    lines: &[S],
+    batch_size: usize,
+    show_progress: bool,
+) -> Result<Vec<String>, TranslateError> {
+    let texts: Vec<&str> = lines
+        .iter()
+        .map(|l| l.as_ref().trim())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let mut outputs =
+        translate_texts(translator, tokenizer, &texts, batch_size, show_progress)?.into_iter();
+    Ok(lines
+        .iter()
+        .map(|line| match line.as_ref().trim().is_empty() {
+            true => String::new(),
+            false => outputs.next().unwrap_or_default(),
+        })
+        .collect())
 }
 
 /// Quality and speed of a model on a set of sentence pairs.

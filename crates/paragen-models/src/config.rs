@@ -13,6 +13,11 @@ pub enum PositionKind {
     Learned,
 }
 
+/// Largest model paragen builds from a config, 2^31 parameters (8 GiB of f32 weights,
+/// several times that to train): a `run.json` asking for more is corrupt or hostile, and
+/// would otherwise abort the process on allocation.
+pub const MAX_PARAMETERS: f64 = 2_147_483_648.0;
+
 /// Shapes and hyper-parameters of an encoder-decoder Transformer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TransformerConfig {
@@ -146,8 +151,49 @@ impl TransformerConfig {
         Ok(())
     }
 
+    /// Parameters a model of these shapes has, roughly (weights and biases of every
+    /// layer, embeddings, position table); exact enough to refuse absurd configs.
+    pub fn parameter_estimate(&self) -> f64 {
+        // In f64, so that no config can overflow the arithmetic.
+        let (v, d, ff) = (
+            self.vocab_size as f64,
+            self.d_model as f64,
+            self.d_ff as f64,
+        );
+        let encoder_layer = 4.0 * d * d + 2.0 * d * ff + ff + 9.0 * d;
+        let decoder_layer = 8.0 * d * d + 2.0 * d * ff + ff + 15.0 * d;
+        v * d
+            + v
+            + self.max_positions as f64 * d
+            + self.encoder_layers as f64 * encoder_layer
+            + self.decoder_layers as f64 * decoder_layer
+    }
+
     /// Checks the invariants the model relies on.
     pub fn validate(&self) -> Result<(), String> {
+        let sizes = [
+            ("d_model", self.d_model),
+            ("d_ff", self.d_ff),
+            ("encoder_layers", self.encoder_layers),
+            ("decoder_layers", self.decoder_layers),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, n)| *n == 0) {
+            return Err(format!("{name} must be at least 1"));
+        }
+        if self.max_positions < 2 {
+            return Err(format!(
+                "max_positions ({}) must leave room for BOS and EOS",
+                self.max_positions
+            ));
+        }
+        let params = self.parameter_estimate();
+        if params > MAX_PARAMETERS {
+            return Err(format!(
+                "these shapes make a model of about {params:.3e} parameters ({:.0} GiB of \
+                 f32), more than paragen builds ({MAX_PARAMETERS:.3e})",
+                params * 4.0 / f64::from(1u32 << 30)
+            ));
+        }
         if self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {
             return Err(format!(
                 "d_model ({}) must be a multiple of n_heads ({})",
@@ -169,5 +215,59 @@ impl TransformerConfig {
             return Err(format!("dropout {} must be in [0, 1)", self.dropout));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parameter_estimate_is_close_to_the_built_model() {
+        use paragen_backend::TestBackend;
+        let config = TransformerConfig::tiny(100, SpecialTokens::trained());
+        let model = crate::Transformer::<TestBackend>::new(&config, &Default::default()).unwrap();
+        let (built, estimate) = (model.param_count() as f64, config.parameter_estimate());
+        assert!(
+            (estimate / built - 1.0).abs() < 0.1,
+            "estimate {estimate}, built {built}"
+        );
+    }
+
+    #[test]
+    fn absurd_shapes_are_refused_before_any_allocation() {
+        let quick = TransformerConfig::quick(8000, SpecialTokens::trained());
+        assert!(quick.validate().is_ok());
+        let huge = TransformerConfig {
+            d_model: 1 << 40,
+            n_heads: 1,
+            ..quick.clone()
+        };
+        let err = huge.validate().unwrap_err();
+        assert!(err.contains("parameters"), "{err}");
+        for zero in [
+            TransformerConfig {
+                d_ff: 0,
+                ..quick.clone()
+            },
+            TransformerConfig {
+                encoder_layers: 0,
+                ..quick.clone()
+            },
+            TransformerConfig {
+                max_positions: 1,
+                ..quick.clone()
+            },
+        ] {
+            assert!(zero.validate().is_err(), "{zero:?}");
+        }
+        let overflowing = TransformerConfig {
+            vocab_size: usize::MAX,
+            d_model: usize::MAX - 1,
+            n_heads: 1,
+            d_ff: usize::MAX,
+            ..quick
+        };
+        assert!(overflowing.validate().is_err());
     }
 }

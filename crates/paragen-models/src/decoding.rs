@@ -93,6 +93,9 @@ fn prepare<B: Backend>(
 }
 
 /// Batched greedy decoding with the KV cache. Returns token ids without BOS/EOS.
+///
+/// Sentences that end leave the batch (their cache rows are dropped), so a long
+/// sentence does not keep the finished ones computing.
 pub fn greedy<B: Backend>(
     model: &Transformer<B>,
     sources: &[Vec<u32>],
@@ -103,15 +106,32 @@ pub fn greedy<B: Backend>(
     let mut state = model.start_decoding(&encoded);
     let special = model.config().special;
     let device = model.device();
-    let batch = sources.len();
-    let mut tokens = vec![i64::from(special.bos); batch];
-    let mut search = GreedyProgress::new(limits, special.eos);
-    while !search.all_done() {
-        let logits = model.decode_step(&mut state, int_tensor(tokens.clone(), [batch], &device));
-        tokens = to_i64(logits.argmax(1).squeeze_dim::<1>(1));
-        search.push(&tokens);
+    let mut outputs = vec![Vec::new(); sources.len()];
+    // Sentence ids of the batch rows still decoding, in row order.
+    let mut active: Vec<usize> = (0..sources.len()).collect();
+    let mut tokens = vec![i64::from(special.bos); active.len()];
+    while !active.is_empty() {
+        let logits = model.decode_step(&mut state, int_tensor(tokens, [active.len()], &device));
+        let next = to_i64(logits.argmax(1).squeeze_dim::<1>(1));
+        let mut kept_rows = Vec::with_capacity(active.len());
+        tokens = Vec::with_capacity(active.len());
+        for (row, (&sentence, &token)) in active.iter().zip(&next).enumerate() {
+            if token == i64::from(special.eos) {
+                continue;
+            }
+            outputs[sentence].push(token as u32);
+            if outputs[sentence].len() < limits[sentence] {
+                kept_rows.push(row);
+                tokens.push(token);
+            }
+        }
+        if kept_rows.len() < active.len() && !kept_rows.is_empty() {
+            let rows: Vec<i64> = kept_rows.iter().map(|&r| r as i64).collect();
+            state = state.select(int_tensor(rows, [kept_rows.len()], &device));
+        }
+        active = kept_rows.into_iter().map(|r| active[r]).collect();
     }
-    Ok(search.outputs)
+    Ok(outputs)
 }
 
 /// Greedy decoding that re-runs the whole decoder on the prefix at every step, without
@@ -197,6 +217,29 @@ impl GreedyProgress {
     }
 }
 
+/// The `count` largest values with their indices, largest first; equal values keep
+/// index order, NaN counts as minus infinity.
+///
+/// One pass over the values: burn's `topk` sorts the whole row, which cost more than the
+/// decoder step itself at beam 4 over an 8k vocabulary.
+fn best_candidates(values: &[f32], count: usize) -> Vec<(f32, usize)> {
+    let mut best: Vec<(f32, usize)> = Vec::with_capacity(count + 1);
+    for (index, &value) in values.iter().enumerate() {
+        let value = if value.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            value
+        };
+        if best.len() == count && best.last().is_some_and(|&(worst, _)| value <= worst) {
+            continue;
+        }
+        let at = best.partition_point(|&(b, _)| b >= value);
+        best.insert(at, (value, index));
+        best.truncate(count);
+    }
+    best
+}
+
 /// A hypothesis that ended (with EOS or at the length limit).
 #[derive(Clone, Debug)]
 struct Finished {
@@ -209,6 +252,9 @@ const DEAD: f32 = -1.0e9;
 
 /// Batched beam search with the KV cache. Returns the best hypothesis per sentence,
 /// without BOS/EOS.
+///
+/// A sentence that is done (k finished hypotheses, or its length limit) leaves the batch
+/// at the same step's reordering, so its rows are not computed any more.
 pub fn beam_search<B: Backend>(
     model: &Transformer<B>,
     sources: &[Vec<u32>],
@@ -220,98 +266,95 @@ pub fn beam_search<B: Backend>(
     let vocab = model.config().vocab_size;
     let device = model.device();
     let batch = sources.len();
-    let rows = batch * k;
 
-    // Row `i * k + j` holds beam `j` of sentence `i`.
-    let expand: Vec<i64> = (0..rows).map(|r| (r / k) as i64).collect();
+    // Row `a * k + j` holds beam `j` of sentence `active[a]`.
+    let mut active: Vec<usize> = (0..batch).collect();
+    let expand: Vec<i64> = (0..batch * k).map(|r| (r / k) as i64).collect();
     let encoded = model.encode(src);
     let mut state = model
         .start_decoding(&encoded)
-        .select(int_tensor(expand, [rows], &device));
-    let mut hyps: Vec<Vec<u32>> = vec![Vec::new(); rows];
+        .select(int_tensor(expand, [batch * k], &device));
+    let mut hyps: Vec<Vec<u32>> = vec![Vec::new(); batch * k];
     // At the start only beam 0 is live, so the first step does not pick k copies.
-    let mut scores: Vec<f32> = (0..rows)
+    let mut scores: Vec<f32> = (0..batch * k)
         .map(|r| if r % k == 0 { 0.0 } else { DEAD })
         .collect();
-    let mut tokens = vec![i64::from(special.bos); rows];
+    let mut tokens = vec![i64::from(special.bos); batch * k];
     let mut finished: Vec<Vec<Finished>> = vec![Vec::new(); batch];
-    let mut done = vec![false; batch];
     let normalize = |score: f32, len: usize| score / (len as f32).powf(options.length_penalty);
 
     for step in 0.. {
-        // Sentences at their length limit end their live beams without EOS, as greedy does.
-        for i in 0..batch {
-            if !done[i] && step >= limits[i] {
-                for j in 0..k {
-                    let r = i * k + j;
-                    if scores[r] > DEAD / 2.0 {
-                        finished[i].push(Finished {
-                            tokens: hyps[r].clone(),
-                            score: normalize(scores[r], step),
-                        });
-                    }
-                }
-                done[i] = true;
-            }
-        }
-        if done.iter().all(|&d| d) {
-            break;
-        }
-        let logits = model.decode_step(&mut state, int_tensor(tokens.clone(), [rows], &device));
-        let score_column =
-            Tensor::<B, 1>::from_data(TensorData::new(scores.clone(), [rows]), &device);
-        let candidates =
-            (log_softmax(logits, 1) + score_column.unsqueeze_dim(1)).reshape([batch, k * vocab]);
-        let (top_scores, top_ids) = candidates.topk_with_indices((2 * k).min(k * vocab), 1);
-        let top_scores: Vec<f32> = top_scores.into_data().iter::<f32>().collect();
-        let top_ids = to_i64(top_ids);
-        let width = top_scores.len() / batch;
+        let rows = active.len() * k;
+        let logits = model.decode_step(&mut state, int_tensor(tokens, [rows], &device));
+        let score_column = Tensor::<B, 1>::from_data(TensorData::new(scores, [rows]), &device);
+        let candidates = (log_softmax(logits, 1) + score_column.unsqueeze_dim(1))
+            .reshape([active.len(), k * vocab]);
+        let candidates: Vec<f32> = candidates.into_data().iter::<f32>().collect();
+        let length = step + 1;
 
+        let mut still_active = Vec::with_capacity(active.len());
         let mut reorder = Vec::with_capacity(rows);
         let mut new_hyps = Vec::with_capacity(rows);
         let mut new_scores = Vec::with_capacity(rows);
         let mut new_tokens = Vec::with_capacity(rows);
-        for i in 0..batch {
-            let mut live = 0;
-            if !done[i] {
-                for c in 0..width {
-                    let (score, id) = (top_scores[i * width + c], top_ids[i * width + c] as usize);
-                    if score <= DEAD / 2.0 {
-                        break;
-                    }
-                    let (beam, token) = (id / vocab, id % vocab);
-                    let row = i * k + beam;
-                    if token as u32 == special.eos {
-                        // Only EOS among the k best counts, as in fairseq.
-                        if c < k {
-                            finished[i].push(Finished {
-                                tokens: hyps[row].clone(),
-                                score: normalize(score, step + 1),
-                            });
-                        }
-                    } else if live < k {
-                        reorder.push(row as i64);
-                        let mut h = hyps[row].clone();
-                        h.push(token as u32);
-                        new_hyps.push(h);
-                        new_scores.push(score);
-                        new_tokens.push(token as i64);
-                        live += 1;
-                    }
+        for (a, &sentence) in active.iter().enumerate() {
+            let mut live: Vec<(usize, Vec<u32>, f32, u32)> = Vec::with_capacity(k);
+            let row_candidates = &candidates[a * k * vocab..(a + 1) * k * vocab];
+            for (c, (score, id)) in best_candidates(row_candidates, 2 * k)
+                .into_iter()
+                .enumerate()
+            {
+                if score <= DEAD / 2.0 {
+                    break;
                 }
-                if finished[i].len() >= k {
-                    done[i] = true;
+                let (beam, token) = (id / vocab, id % vocab);
+                let row = a * k + beam;
+                if token as u32 == special.eos {
+                    // Only EOS among the k best counts, as in fairseq.
+                    if c < k {
+                        finished[sentence].push(Finished {
+                            tokens: hyps[row].clone(),
+                            score: normalize(score, length),
+                        });
+                    }
+                } else if live.len() < k {
+                    let mut h = hyps[row].clone();
+                    h.push(token as u32);
+                    live.push((row, h, score, token as u32));
                 }
             }
+            if finished[sentence].len() >= k {
+                continue;
+            }
+            // At its length limit a sentence ends its live beams without EOS, as greedy does.
+            if length >= limits[sentence] {
+                finished[sentence].extend(live.into_iter().map(|(_, tokens, score, _)| Finished {
+                    tokens,
+                    score: normalize(score, length),
+                }));
+                continue;
+            }
+            still_active.push(sentence);
+            let placeholders = k - live.len();
+            for (row, h, score, token) in live {
+                reorder.push(row as i64);
+                new_hyps.push(h);
+                new_scores.push(score);
+                new_tokens.push(i64::from(token));
+            }
             // Fill the remaining rows of this sentence with dead placeholders.
-            for _ in live..k {
-                reorder.push((i * k) as i64);
+            for _ in 0..placeholders {
+                reorder.push((a * k) as i64);
                 new_hyps.push(Vec::new());
                 new_scores.push(DEAD);
                 new_tokens.push(i64::from(special.pad));
             }
         }
-        state = state.select(int_tensor(reorder, [rows], &device));
+        if still_active.is_empty() {
+            break;
+        }
+        state = state.select(int_tensor(reorder, [still_active.len() * k], &device));
+        active = still_active;
         hyps = new_hyps;
         scores = new_scores;
         tokens = new_tokens;
@@ -454,6 +497,28 @@ mod tests {
             .enumerate()
             .map(|(t, &tok)| lp[t * 24 + tok as usize])
             .sum()
+    }
+
+    #[test]
+    fn best_candidates_equal_a_full_stable_sort() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for len in [1, 5, 8, 100, 3000] {
+            // Few distinct values, so that ties are common and their order is checked.
+            let values: Vec<f32> = (0..len).map(|_| rng.random_range(0..20) as f32).collect();
+            let mut sorted: Vec<(f32, usize)> = values.iter().copied().zip(0..).collect();
+            sorted.sort_by(|a, b| b.0.total_cmp(&a.0));
+            for count in [1, 2, 8] {
+                let expected: Vec<_> = sorted.iter().copied().take(count).collect();
+                assert_eq!(
+                    best_candidates(&values, count),
+                    expected,
+                    "len {len}, count {count}"
+                );
+            }
+        }
+        let with_nan = [1.0, f32::NAN, 3.0];
+        assert_eq!(best_candidates(&with_nan, 2), vec![(3.0, 2), (1.0, 0)]);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use burn::tensor::backend::AutodiffBackend;
 use paragen_backend::BackendTask;
-use paragen_infer::{LoadedRun, translate_texts};
+use paragen_infer::{LoadedRun, translate_lines};
 
 use crate::args::{DecodeArgs, TranslateArgs};
 
@@ -40,27 +40,15 @@ impl BackendTask for Translate {
         let args = self.0;
         let loaded = open::<B::InnerBackend>(&args.model, &args.decode, &device)?;
         let lines = read_lines(args.input.as_deref())?;
-        // Blank lines are kept as blank output lines, so that output line N always
-        // translates input line N.
-        let texts: Vec<&str> = lines
-            .iter()
-            .map(|l| l.trim())
-            .filter(|t| !t.is_empty())
-            .collect();
-        let mut outputs = translate_texts(
+        let outputs = translate_lines(
             &loaded.translator(),
             &loaded.tokenizer,
-            &texts,
+            &lines,
             args.decode.batch_size,
             true,
-        )?
-        .into_iter();
+        )?;
         let mut stdout = std::io::stdout().lock();
-        for line in &lines {
-            let output = match line.trim().is_empty() {
-                true => String::new(),
-                false => outputs.next().expect("one output per non-blank line"),
-            };
+        for output in outputs {
             writeln!(stdout, "{output}")?;
         }
         Ok(())

@@ -63,6 +63,9 @@ pub enum NatDecoder {
     Ctc { upsample: usize },
 }
 
+/// Largest CTC upsampling a config may ask for (the literature uses 2-3).
+pub const MAX_CTC_UPSAMPLE: usize = 8;
+
 impl NatConfig {
     pub fn new(transformer: TransformerConfig) -> Self {
         Self {
@@ -105,6 +108,19 @@ impl<B: Backend> NatStudent<B> {
     pub fn new(config: &NatConfig, device: &B::Device) -> Result<Self, ModelError> {
         let t = &config.transformer;
         t.validate().map_err(ModelError::Config)?;
+        if config.max_length_offset > t.max_positions {
+            return Err(ModelError::Config(format!(
+                "max_length_offset ({}) cannot exceed max_positions ({})",
+                config.max_length_offset, t.max_positions
+            )));
+        }
+        if let NatDecoder::Ctc { upsample } = config.decoder
+            && !(1..=MAX_CTC_UPSAMPLE).contains(&upsample)
+        {
+            return Err(ModelError::Config(format!(
+                "CTC upsample ({upsample}) must be between 1 and {MAX_CTC_UPSAMPLE}"
+            )));
+        }
         let d = t.d_model;
         let (embedding, learned_positions) = new_embeddings(t, device);
         Ok(materialize(Self {
