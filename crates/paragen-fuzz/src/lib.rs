@@ -47,6 +47,8 @@ struct Scratch {
     work: PathBuf,
     /// The untouched run, opened once: the targets that do not alter it reuse it.
     loaded: LoadedRun<B>,
+    /// The untouched run's files, to restore the one a target altered.
+    pristine: Vec<(&'static str, Vec<u8>)>,
 }
 
 thread_local! {
@@ -74,15 +76,20 @@ fn make_scratch() -> Result<Scratch, Box<dyn std::error::Error>> {
     files.save_tokenizer(&tokenizer)?;
     let model = paragen_models::Transformer::<B>::new(config.transformer(), &Default::default())?;
     files.save_module::<B, _>("model.mpk", &model)?;
+    let mut pristine = Vec::new();
     for file in RUN_FILES {
         std::fs::copy(run.join(file), work.join(file))?;
+        pristine.push((file, std::fs::read(run.join(file))?));
     }
+    // Tiny tensors: one thread saves the fuzzer the pool's synchronisation.
+    paragen_backend::set_cpu_threads(1);
     let loaded = LoadedRun::open(&run, &request(), None, &Default::default())?;
     Ok(Scratch {
         _dir: dir,
         run,
         work,
         loaded,
+        pristine,
     })
 }
 
@@ -102,14 +109,18 @@ fn tiny_config(tokenizer: &Tokenizer) -> RunConfig {
     }
 }
 
-/// Restores the work run to the valid one, then replaces `file` with `data`.
-fn work_run_with(scratch: &Scratch, file: &str, data: &[u8]) -> PathBuf {
-    for name in RUN_FILES {
-        let bytes = std::fs::read(scratch.run.join(name)).expect("scratch run is readable");
-        std::fs::write(scratch.work.join(name), bytes).expect("scratch run is writable");
-    }
-    std::fs::write(scratch.work.join(file), data).expect("scratch run is writable");
-    scratch.work.clone()
+/// Runs `check` on the work run with `file` replaced by `data`, then puts the valid
+/// file back.
+fn with_altered_run(scratch: &Scratch, file: &str, data: &[u8], check: impl FnOnce(&Path)) {
+    let path = scratch.work.join(file);
+    std::fs::write(&path, data).expect("scratch run is writable");
+    check(&scratch.work);
+    let (_, valid) = scratch
+        .pristine
+        .iter()
+        .find(|(name, _)| *name == file)
+        .expect("a file of the run");
+    std::fs::write(&path, valid).expect("scratch run is writable");
 }
 
 /// Greedy decoding of at most two tokens: the targets fuzz what reads the input, and a
@@ -162,24 +173,26 @@ pub fn corpus(data: &[u8]) {
 /// either opens and translates or is refused.
 pub fn tokenizer(data: &[u8]) {
     with_scratch(|scratch| {
-        let dir = work_run_with(scratch, "tokenizer.json", data);
-        if let Ok(tokenizer) = Tokenizer::load(&dir.join("tokenizer.json")) {
-            for text in TEXT {
-                if let Ok(ids) = tokenizer.encode(text) {
-                    let _ = tokenizer.decode(&ids);
+        with_altered_run(scratch, "tokenizer.json", data, |dir| {
+            if let Ok(tokenizer) = Tokenizer::load(&dir.join("tokenizer.json")) {
+                for text in TEXT {
+                    if let Ok(ids) = tokenizer.encode(text) {
+                        let _ = tokenizer.decode(&ids);
+                    }
                 }
             }
-        }
-        open_and_translate(&dir);
+            open_and_translate(dir);
+        })
     })
 }
 
 /// `run.json` of a run: its config is read or refused, and the run opens or is refused.
 pub fn run_file(data: &[u8]) {
     with_scratch(|scratch| {
-        let dir = work_run_with(scratch, "run.json", data);
-        let _ = RunDir::new(&dir).load_config::<TrainingJson>();
-        open_and_translate(&dir);
+        with_altered_run(scratch, "run.json", data, |dir| {
+            let _ = RunDir::new(dir).load_config::<TrainingJson>();
+            open_and_translate(dir);
+        })
     })
 }
 
@@ -187,23 +200,24 @@ pub fn run_file(data: &[u8]) {
 /// weights that load translate.
 pub fn checkpoint(data: &[u8]) {
     with_scratch(|scratch| {
-        let dir = work_run_with(scratch, "model.mpk", data);
-        let files = RunDir::new(&dir);
-        let device = Default::default();
-        let model = match &scratch.loaded.model {
-            Model::Ar(m) => m.clone(),
-            Model::Nat(_) => unreachable!("the scratch run is AR"),
-        };
-        if let Ok(model) = files.load_module::<B, _>("model.mpk", model, &device) {
-            let model = Model::Ar(model);
-            let translator = Translator {
-                model: &model,
-                decoding: scratch.loaded.decoding,
-                rescorer: None,
+        with_altered_run(scratch, "model.mpk", data, |dir| {
+            let files = RunDir::new(dir);
+            let device = Default::default();
+            let model = match &scratch.loaded.model {
+                Model::Ar(m) => m.clone(),
+                Model::Nat(_) => unreachable!("the scratch run is AR"),
             };
-            let out = translate_lines(&translator, &scratch.loaded.tokenizer, TEXT, 8, false);
-            assert_eq!(out.expect("loaded weights translate").len(), TEXT.len());
-        }
+            if let Ok(model) = files.load_module::<B, _>("model.mpk", model, &device) {
+                let model = Model::Ar(model);
+                let translator = Translator {
+                    model: &model,
+                    decoding: scratch.loaded.decoding,
+                    rescorer: None,
+                };
+                let out = translate_lines(&translator, &scratch.loaded.tokenizer, TEXT, 8, false);
+                assert_eq!(out.expect("loaded weights translate").len(), TEXT.len());
+            }
+        })
     })
 }
 

@@ -410,7 +410,15 @@ impl RunDir {
     ) -> Result<M, CheckpointError> {
         let record = self.load_record::<B, M::Record>(file, device)?;
         let expected = shapes(&module);
-        let loaded = module.load_record(record);
+        // burn panics when the record has another number of layers than the module
+        // (found by fuzzing `run.json`): a mismatch like any other.
+        let loaded =
+            paragen_data::guard::catch_quietly(|| module.load_record(record)).map_err(|_| {
+                CheckpointError::Mismatch {
+                    path: self.path(file).display().to_string(),
+                    reason: "it holds another number of layers than `run.json` gives".into(),
+                }
+            })?;
         let found = shapes(&loaded);
         if expected != found {
             return Err(CheckpointError::Mismatch {
@@ -750,6 +758,18 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn weights_with_another_number_of_layers_are_a_mismatch_not_a_panic() {
+        // Found by fuzzing run.json: burn's load_record asserts on the layer count.
+        let (_dir, run, _) = saved_run();
+        let mut config: RunConfig = run.load_config().unwrap();
+        config.model.transformer_mut().encoder_layers += 1;
+        run.save_config(&config).unwrap();
+        let err = run.load_transformer::<B>(&Default::default()).unwrap_err();
+        assert!(matches!(err, CheckpointError::Mismatch { .. }), "{err}");
+        assert!(err.to_string().contains("number of layers"), "{err}");
     }
 
     /// `run.json` of a NAT as paragen wrote it up to commit 0f240ec (untyped `model`,
