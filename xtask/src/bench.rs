@@ -496,7 +496,8 @@ fn command_output(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn cpu_model() -> String {
+/// The CPU's model name from `/proc/cpuinfo`, for reports.
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

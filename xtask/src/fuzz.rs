@@ -182,21 +182,9 @@ fn write_report(path: &Path, outcomes: &[Outcome], beside: Option<&str>) -> anyh
     text.push_str(&format!(
         "\nMachine: {} CPU threads, `{}`; beside the runs: {}.\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_name(),
+        crate::bench::cpu_model(),
         beside.unwrap_or("nothing else")
     ));
     text.push_str(FOUND);
     std::fs::write(path, text).with_context(|| path.display().to_string())
-}
-
-fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
 }

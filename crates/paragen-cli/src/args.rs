@@ -234,7 +234,7 @@ pub struct TrainStudentArgs {
     pub glance_ratio: f64,
     /// NAT-CTC: decoder positions per source token (2-3 in the literature; each one
     /// costs decoder time).
-    #[arg(long, default_value_t = 2, value_parser = in_range(1, 8))]
+    #[arg(long, default_value_t = 2, value_parser = in_range(1, paragen_models::nat::MAX_CTC_UPSAMPLE as u64))]
     pub upsample: usize,
     /// AR student: weight of the word-level KD term (0 to 1; 0 is plain cross-entropy).
     #[arg(long, default_value_t = 0.5)]
