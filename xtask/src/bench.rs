@@ -445,6 +445,10 @@ pub fn build_report(
                 data_dir: first["data_dir"].as_str().unwrap_or("").to_string(),
                 steps,
                 minutes: first["train_minutes"].as_f64().unwrap_or(f64::NAN),
+                curve: first["model"]
+                    .as_str()
+                    .map(|dir| valid_curve(Path::new(dir)))
+                    .unwrap_or_default(),
             }),
         });
     }
@@ -559,6 +563,22 @@ pub fn validate_report(report: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// A run's valid BLEU after each epoch against its cumulative training minutes, from
+/// its `metrics.jsonl` (empty when the file is missing).
+fn valid_curve(run: &Path) -> Vec<(f64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|m| {
+            Some((
+                m["train_seconds"].as_f64()? / 60.0,
+                m["valid_bleu"].as_f64()?,
+            ))
+        })
+        .collect()
+}
+
 fn write_outputs(root: &Path, report: &Report, publish: bool) -> anyhow::Result<()> {
     let dir = root.join("target/paragen-report");
     std::fs::create_dir_all(&dir)?;
@@ -567,11 +587,12 @@ fn write_outputs(root: &Path, report: &Report, publish: bool) -> anyhow::Result<
         serde_json::to_string_pretty(report)?,
     )?;
     crate::report::plot_bleu_latency(report, &dir.join("bleu_vs_latency.svg"))?;
+    crate::report::plot_training_curves(report, &dir.join("valid_bleu_vs_minutes.svg"))?;
     let table = crate::report::markdown(report);
     std::fs::write(dir.join("report.md"), &table)?;
     println!("{table}");
     println!(
-        "wrote {}/report.json, report.md and bleu_vs_latency.svg",
+        "wrote {}/report.json, report.md, bleu_vs_latency.svg and valid_bleu_vs_minutes.svg",
         dir.display()
     );
     if publish {
@@ -579,7 +600,11 @@ fn write_outputs(root: &Path, report: &Report, publish: bool) -> anyhow::Result<
             root.join("docs/results.md"),
             crate::report::results_page(report, &table),
         )?;
-        println!("regenerated docs/results.md");
+        // The page shows both plots, so they are published beside it.
+        for plot in ["bleu_vs_latency.svg", "valid_bleu_vs_minutes.svg"] {
+            std::fs::copy(dir.join(plot), root.join("docs").join(plot))?;
+        }
+        println!("regenerated docs/results.md and its plots");
     }
     Ok(())
 }
@@ -632,6 +657,37 @@ mod tests {
         assert!(
             table.contains("`work/teacher` (ar, 3+3 layers, trained 10 min / 500 steps"),
             "{table}"
+        );
+    }
+
+    #[test]
+    fn each_model_brings_its_valid_curve_and_the_plot_draws_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("nat-ctc");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(
+            run.join("metrics.jsonl"),
+            "{\"epoch\":1,\"train_seconds\":60.0,\"valid_bleu\":5.0}\n\
+             {\"epoch\":2,\"train_seconds\":150.0,\"valid_bleu\":7.5}\n",
+        )
+        .unwrap();
+        let mut one_pass = profile(1, "one-pass", [3.0, 2.0, 1.0]);
+        one_pass["model"] = run.display().to_string().into();
+        let report = build_report(
+            vec![("nat-ctc".into(), vec![one_pass])],
+            None,
+            Vec::new(),
+            &[1],
+        )
+        .unwrap();
+        let curve = &report.variants[0].training.as_ref().unwrap().curve;
+        assert_eq!(curve, &vec![(1.0, 5.0), (2.5, 7.5)]);
+        let svg = dir.path().join("curves.svg");
+        crate::report::plot_training_curves(&report, &svg).unwrap();
+        let drawn = std::fs::read_to_string(&svg).unwrap();
+        assert!(
+            drawn.contains("nat-ctc") && drawn.contains("<polyline"),
+            "{drawn}"
         );
     }
 

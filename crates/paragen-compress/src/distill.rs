@@ -234,8 +234,9 @@ pub fn distill_corpus<B: Backend>(
     let seconds = started.elapsed().as_secs_f64();
 
     for split in [Split::Valid, Split::Test] {
-        let name = format!("{}.tsv", split.name());
-        copy(&data.dir.join(&name), &out.join(&name))?;
+        let from = data.split_path(split);
+        let name = from.file_name().expect("a split file has a name");
+        copy(&from, &out.join(name))?;
     }
     copy(
         &data.dir.join("tokenizer.json"),

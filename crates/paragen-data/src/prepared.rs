@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! DATA/
-//!   train.tsv valid.tsv test.tsv   id<TAB>src<TAB>tgt
+//!   train.tsv valid.tsv test.tsv   id<TAB>src<TAB>tgt (or gzipped, train.tsv.gz ...)
 //!   tokenizer.json                 joint BPE trained on train.tsv (both sides)
 //!   prepare.json                   source, split shares, vocabulary, pair counts
 //! ```
@@ -117,12 +117,22 @@ impl PreparedData {
         Ok(Tokenizer::load(&path)?)
     }
 
+    /// The pairs of one split, from `<split>.tsv`, or `<split>.tsv.gz` when only that
+    /// exists (how a prepared directory is shipped in the repository).
     pub fn pairs(&self, split: Split) -> Result<Vec<Pair>, DataError> {
-        Ok(read_tsv(
-            &self.dir.join(format!("{}.tsv", split.name())),
-            MalformedLines::Error,
-        )?
-        .pairs)
+        Ok(read_tsv(&self.split_path(split), MalformedLines::Error)?.pairs)
+    }
+
+    /// The file that holds a split: `<split>.tsv`, or its gzipped form when only that
+    /// exists.
+    pub fn split_path(&self, split: Split) -> PathBuf {
+        let plain = self.dir.join(format!("{}.tsv", split.name()));
+        let gzipped = self.dir.join(format!("{}.tsv.gz", split.name()));
+        if !plain.exists() && gzipped.exists() {
+            gzipped
+        } else {
+            plain
+        }
     }
 }
 
@@ -180,6 +190,24 @@ mod tests {
         );
         let encoded = encode_pairs(&tok, &test).unwrap();
         assert_eq!(tok.decode(&encoded[0].tgt).unwrap(), test[0].tgt);
+    }
+
+    #[test]
+    fn a_gzipped_split_reads_like_the_plain_one_and_plain_wins_when_both_exist() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let (out, report) = prepare_numbered(dir.path(), 300);
+        report.unwrap();
+        let data = PreparedData::new(&out);
+        let plain = data.pairs(Split::Train).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&std::fs::read(out.join("train.tsv")).unwrap())
+            .unwrap();
+        std::fs::write(out.join("train.tsv.gz"), gz.finish().unwrap()).unwrap();
+        assert_eq!(data.split_path(Split::Train), out.join("train.tsv"));
+        std::fs::remove_file(out.join("train.tsv")).unwrap();
+        assert_eq!(data.split_path(Split::Train), out.join("train.tsv.gz"));
+        assert_eq!(data.pairs(Split::Train).unwrap(), plain);
     }
 
     #[test]

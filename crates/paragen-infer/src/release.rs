@@ -248,10 +248,24 @@ fn describe(
             })
         })
         .collect();
-    let data_source = std::fs::read(config.data_dir.join("prepare.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .map(|p| {
+    let read_json = |name: &str| {
+        std::fs::read(config.data_dir.join(name))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    };
+    // A distilled directory says which teacher wrote its targets (`paragen distill`);
+    // a prepared one, which corpus it split.
+    let distilled = read_json("distill.json").map(|d| {
+        format!(
+            "`paragen distill` ({} of `{}`, {} training sentences, {:.0} minutes)",
+            d["decoding"].as_str().unwrap_or("?"),
+            d["teacher"].as_str().unwrap_or("?"),
+            d["sentences"],
+            d["seconds"].as_f64().unwrap_or(0.0) / 60.0
+        )
+    });
+    let data_source = distilled.or_else(|| {
+        read_json("prepare.json").map(|p| {
             format!(
                 "{} ({} train / {} valid / {} test pairs, vocabulary {})",
                 p["source"].as_str().unwrap_or("?"),
@@ -260,7 +274,8 @@ fn describe(
                 p["test_pairs"],
                 p["vocab_size"]
             )
-        });
+        })
+    });
     Ok(ReleaseInfo {
         name: to
             .file_name()

@@ -62,6 +62,8 @@ pub struct DecodeRequest {
     pub rescore: bool,
     /// NAT: merge neighbouring repeated tokens.
     pub collapse_repeats: bool,
+    /// CTC student: penalty on the blank's logit (positive: longer outputs).
+    pub blank_penalty: f32,
 }
 
 impl Default for DecodeRequest {
@@ -74,6 +76,7 @@ impl Default for DecodeRequest {
             length_beam: 1,
             rescore: false,
             collapse_repeats: true,
+            blank_penalty: 0.0,
         }
     }
 }
@@ -88,6 +91,10 @@ impl DecodeRequest {
             return refuse("beam, iterations and length beam must be at least 1");
         }
         let nat_only = self.iterations > 1 || self.length_beam > 1 || self.rescore;
+        let is_ctc = |model: &Model<B>| matches!(model, Model::Nat(nat) if matches!(nat.config().decoder, NatDecoder::Ctc { .. }));
+        if self.blank_penalty != 0.0 && !is_ctc(model) {
+            return refuse("a blank penalty applies to CTC students only");
+        }
         match model {
             Model::Ar(_) if nat_only => refuse(
                 "iterations, a length beam and rescoring apply to NAT models; an AR model takes a beam",
@@ -113,6 +120,7 @@ impl DecodeRequest {
                 length_beam: self.length_beam,
                 iterations: self.iterations,
                 collapse_repeats: self.collapse_repeats,
+                blank_penalty: self.blank_penalty,
             })),
         }
     }
@@ -401,6 +409,18 @@ mod tests {
         );
         assert!(ask(beam, &cmlm).unwrap_err().contains("AR models"));
         assert!(ask(refine, &ctc).unwrap_err().contains("CTC student"));
+        let penalised = DecodeRequest {
+            blank_penalty: 1.5,
+            ..plain
+        };
+        assert_eq!(ask(penalised, &ctc).unwrap().name(), "one-pass-bp1.5");
+        for other in [&ar, &cmlm] {
+            assert!(
+                ask(penalised, other)
+                    .unwrap_err()
+                    .contains("CTC students only")
+            );
+        }
         let zero = DecodeRequest { beam: 0, ..plain };
         assert!(ask(zero, &ar).unwrap_err().contains("at least 1"));
         assert_eq!(Translator::new(&ctc).name(), "ctc2-one-pass");

@@ -13,7 +13,6 @@
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::log_softmax;
-use burn::tensor::module::ctc_loss;
 use rand::seq::SliceRandom;
 
 use super::{NatCandidate, NatDecoder, NatStudent};
@@ -38,6 +37,33 @@ pub fn ctc_collapse(positions: &[u32], blank: u32) -> Vec<u32> {
     out
 }
 
+/// The CTC lattice of a target: states blank, `target[0]`, blank, `target[1]`, ...,
+/// blank (`2S + 1` of them). Label index `k = target.len()` stands for the blank.
+struct Lattice<'a> {
+    target: &'a [u32],
+}
+
+impl Lattice<'_> {
+    fn states(&self) -> usize {
+        2 * self.target.len() + 1
+    }
+
+    /// The label index state `s` writes.
+    fn label(&self, s: usize) -> usize {
+        if s.is_multiple_of(2) {
+            self.target.len()
+        } else {
+            s / 2
+        }
+    }
+
+    /// Whether a path may reach state `s` from `s - 2`, skipping a blank: only between
+    /// two different tokens.
+    fn can_skip_into(&self, s: usize) -> bool {
+        s >= 2 && !s.is_multiple_of(2) && self.target[s / 2] != self.target[s / 2 - 1]
+    }
+}
+
 /// The most likely alignment of `target` to `frames` positions under the model (Viterbi
 /// over the CTC lattice): the label each position should write, a token or `blank`.
 /// `log_prob(t, k)` is position `t`'s log-probability of `target[k]`, `k = target.len()`
@@ -51,16 +77,9 @@ pub fn ctc_best_alignment(
     if target.is_empty() || ctc_min_positions(target) > frames {
         return None;
     }
-    // Lattice states: blank, target[0], blank, target[1], ..., blank (2S + 1 of them).
-    let states = 2 * target.len() + 1;
-    let label = |s: usize| {
-        if s.is_multiple_of(2) {
-            None
-        } else {
-            Some(s / 2)
-        }
-    };
-    let emit = |t: usize, s: usize| log_prob(t, label(s).unwrap_or(target.len()));
+    let lattice = Lattice { target };
+    let states = lattice.states();
+    let emit = |t: usize, s: usize| log_prob(t, lattice.label(s));
     let mut score = vec![f32::NEG_INFINITY; states];
     let mut back = vec![0u8; frames * states];
     score[0] = emit(0, 0);
@@ -74,8 +93,7 @@ pub fn ctc_best_alignment(
             if s >= 1 && score[s - 1] > best.0 {
                 best = (score[s - 1], 1);
             }
-            let skip = s >= 2 && label(s).is_some() && target[s / 2] != target[s / 2 - 1];
-            if skip && score[s - 2] > best.0 {
+            if lattice.can_skip_into(s) && score[s - 2] > best.0 {
                 best = (score[s - 2], 2);
             }
             if best.0 > f32::NEG_INFINITY {
@@ -93,10 +111,157 @@ pub fn ctc_best_alignment(
     };
     let mut path = vec![blank; frames];
     for t in (0..frames).rev() {
-        path[t] = label(s).map_or(blank, |k| target[k]);
+        path[t] = target.get(lattice.label(s)).copied().unwrap_or(blank);
         s -= usize::from(back[t * states + s]);
     }
     Some(path)
+}
+
+/// The CTC negative log-likelihood of `target` over `frames` positions and its gradient
+/// with respect to each position's label log-probabilities, by forward-backward over the
+/// lattice in f64. `log_prob(t, k)` as in [`ctc_best_alignment`]. The gradient is
+/// `frames x (target.len() + 1)`, row-major, the blank last in each row: minus the
+/// posterior probability that position `t` writes label `k`.
+///
+/// Training computes this on the host instead of through burn's `ctc_loss`, whose CPU
+/// fallback builds the recursion from a dozen tensor ops per position and lets autodiff
+/// differentiate all of them (the step was several times slower than the teacher's).
+/// Returns `None` when the target cannot fit or has no path of non-zero probability.
+pub fn ctc_nll_and_gradient(
+    target: &[u32],
+    frames: usize,
+    log_prob: impl Fn(usize, usize) -> f32,
+) -> Option<(f64, Vec<f64>)> {
+    if target.is_empty() || ctc_min_positions(target) > frames {
+        return None;
+    }
+    let lattice = Lattice { target };
+    let states = lattice.states();
+    let labels = target.len() + 1;
+    let emit: Vec<f64> = (0..frames)
+        .flat_map(|t| (0..states).map(move |s| (t, s)))
+        .map(|(t, s)| f64::from(log_prob(t, lattice.label(s))))
+        .collect();
+    let at = |t: usize, s: usize| t * states + s;
+    let add = |a: f64, b: f64| {
+        let high = a.max(b);
+        if high == f64::NEG_INFINITY {
+            high
+        } else {
+            high + ((a - high).exp() + (b - high).exp()).ln()
+        }
+    };
+    let mut alpha = vec![f64::NEG_INFINITY; frames * states];
+    alpha[0] = emit[0];
+    alpha[1] = emit[1];
+    for t in 1..frames {
+        for s in 0..states {
+            let mut into = alpha[at(t - 1, s)];
+            if s >= 1 {
+                into = add(into, alpha[at(t - 1, s - 1)]);
+            }
+            if lattice.can_skip_into(s) {
+                into = add(into, alpha[at(t - 1, s - 2)]);
+            }
+            alpha[at(t, s)] = into + emit[at(t, s)];
+        }
+    }
+    let mut beta = vec![f64::NEG_INFINITY; frames * states];
+    let last = frames - 1;
+    beta[at(last, states - 1)] = emit[at(last, states - 1)];
+    beta[at(last, states - 2)] = emit[at(last, states - 2)];
+    for t in (0..last).rev() {
+        for s in 0..states {
+            let mut out = beta[at(t + 1, s)];
+            if s + 1 < states {
+                out = add(out, beta[at(t + 1, s + 1)]);
+            }
+            if s + 2 < states && lattice.can_skip_into(s + 2) {
+                out = add(out, beta[at(t + 1, s + 2)]);
+            }
+            beta[at(t, s)] = out + emit[at(t, s)];
+        }
+    }
+    let log_total = add(alpha[at(last, states - 1)], alpha[at(last, states - 2)]);
+    if !log_total.is_finite() {
+        return None;
+    }
+    let mut gradient = vec![0.0; frames * labels];
+    for t in 0..frames {
+        for s in 0..states {
+            let joint = alpha[at(t, s)] + beta[at(t, s)] - emit[at(t, s)];
+            if joint > f64::NEG_INFINITY {
+                gradient[t * labels + lattice.label(s)] -= (joint - log_total).exp();
+            }
+        }
+    }
+    Some((-log_total, gradient))
+}
+
+/// `[batch, width, labels]` ids of each target's labels at every position: its tokens,
+/// then the blank (which also pads rows of shorter targets), `labels` the longest
+/// target's length plus one. Gathering log-probabilities with them gives the `log_prob`
+/// of [`ctc_best_alignment`] and [`ctc_nll_and_gradient`].
+fn label_ids<B: Backend>(
+    targets: &[Vec<u32>],
+    width: usize,
+    blank: u32,
+    device: &B::Device,
+) -> (Tensor<B, 3, Int>, usize) {
+    let labels = targets.iter().map(|t| t.len() + 1).max().unwrap_or(1);
+    let ids: Vec<i64> = targets
+        .iter()
+        .flat_map(|t| {
+            let row: Vec<i64> = (0..labels)
+                .map(|k| i64::from(*t.get(k).unwrap_or(&blank)))
+                .collect();
+            (0..width).flat_map(move |_| row.clone())
+        })
+        .collect();
+    let ids = Tensor::from_data(
+        TensorData::new(ids, [targets.len(), width, labels]).convert::<B::IntElem>(),
+        device,
+    );
+    (ids, labels)
+}
+
+/// The CTC loss summed over sentences, as a tensor whose value is the total negative
+/// log-likelihood and whose gradient with respect to `log_probs` is the one
+/// [`ctc_nll_and_gradient`] computes on the host: `sum(picked x gradient)` plus the
+/// constant that makes the value right. Sentences without a path add nothing.
+pub fn ctc_nll_sum<B: Backend>(
+    log_probs: Tensor<B, 3>,
+    targets: &[Vec<u32>],
+    frames: &[usize],
+    blank: u32,
+) -> Tensor<B, 1> {
+    let [batch, width, _] = log_probs.dims();
+    let device = log_probs.device();
+    let (ids, labels) = label_ids::<B>(targets, width, blank, &device);
+    let picked = log_probs.gather(2, ids);
+    let host: Vec<f32> = picked.clone().detach().into_data().iter::<f32>().collect();
+    let mut weights = vec![0f32; batch * width * labels];
+    let (mut total, mut linear) = (0.0f64, 0.0f64);
+    for (i, target) in targets.iter().enumerate() {
+        let row = |t: usize| (i * width + t) * labels;
+        let Some((nll, gradient)) =
+            ctc_nll_and_gradient(target, frames[i], |t, k| host[row(t) + k])
+        else {
+            continue;
+        };
+        total += nll;
+        let own = target.len() + 1;
+        for t in 0..frames[i] {
+            for k in 0..own {
+                let g = gradient[t * own + k];
+                weights[row(t) + k] = g as f32;
+                linear += g * f64::from(host[row(t) + k]);
+            }
+        }
+    }
+    let weights =
+        Tensor::<B, 3>::from_data(TensorData::new(weights, [batch, width, labels]), &device);
+    (picked * weights).sum().add_scalar(total - linear)
 }
 
 impl<B: Backend> NatStudent<B> {
@@ -197,24 +362,9 @@ impl<B: Backend> NatStudent<B> {
         if fits.is_empty() {
             return smooth;
         }
-        let ints = |v: Vec<i64>| {
-            let n = v.len();
-            Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]).convert::<B::IntElem>(), &device)
-        };
-        let target_tensor = paragen_data::batch::pad_to_tensor::<B>(
-            &paragen_data::batch::as_slices(&targets),
-            special.pad,
-            &device,
-        );
-        let nll = ctc_loss(
-            log_probs.clone().swap_dims(0, 1),
-            target_tensor,
-            ints(frames.iter().map(|&f| f as i64).collect()),
-            ints(targets.iter().map(|t| t.len() as i64).collect()),
-            special.mask as usize,
-        );
+        let nll = ctc_nll_sum(log_probs, &targets, &frames, special.mask);
         let tokens: usize = targets.iter().map(|t| t.len()).sum();
-        let ctc = nll.sum() / tokens as f64;
+        let ctc = nll / tokens as f64;
         ctc * (1.0 - label_smoothing) + smooth * label_smoothing
     }
 }
@@ -230,7 +380,7 @@ fn glance<B: Backend>(
     ratio: f64,
     rng: &mut impl rand::Rng,
 ) {
-    let [batch, width, vocab] = log_probs.dims();
+    let [_, width, vocab] = log_probs.dims();
     let guesses: Vec<i64> = log_probs
         .clone()
         .argmax(2)
@@ -238,21 +388,7 @@ fn glance<B: Backend>(
         .iter::<i64>()
         .collect();
     // Log-probabilities of each target's labels (its tokens, then the blank) only.
-    let labels = targets.iter().map(|t| t.len() + 1).max().unwrap_or(1);
-    let ids: Vec<i64> = targets
-        .iter()
-        .flat_map(|t| {
-            let row: Vec<i64> = (0..labels)
-                .map(|k| i64::from(*t.get(k).unwrap_or(&blank)))
-                .collect();
-            (0..width).flat_map(move |_| row.clone())
-        })
-        .collect();
-    let device = log_probs.device();
-    let ids = Tensor::<B, 3, Int>::from_data(
-        TensorData::new(ids, [batch, width, labels]).convert::<B::IntElem>(),
-        &device,
-    );
+    let (ids, labels) = label_ids::<B>(targets, width, blank, &log_probs.device());
     debug_assert!(labels <= vocab);
     let picked: Vec<f32> = log_probs.gather(2, ids).into_data().iter::<f32>().collect();
     for (i, target) in targets.iter().enumerate() {
@@ -278,7 +414,7 @@ fn glance<B: Backend>(
 pub(super) fn ctc_decode<B: Backend>(
     model: &NatStudent<B>,
     sources: &[Vec<u32>],
-    collapse_repeats: bool,
+    options: super::NatDecoding,
 ) -> Result<Vec<Vec<NatCandidate>>, ModelError> {
     let special = model.config.transformer.special;
     let device = model.device();
@@ -297,7 +433,16 @@ pub(super) fn ctc_decode<B: Backend>(
             &device,
         ),
     );
-    let width = logits.dims()[1];
+    let [_, width, vocab] = logits.dims();
+    let logits = if options.blank_penalty == 0.0 {
+        logits
+    } else {
+        let mut bias = vec![0f32; vocab];
+        bias[special.mask as usize] = -options.blank_penalty;
+        logits
+            + Tensor::<B, 1>::from_data(TensorData::new(bias, [vocab]), &device)
+                .reshape([1, 1, vocab])
+    };
     let (best, ids) = super::pass::best_log_probs(logits);
     Ok(input
         .iter()
@@ -308,7 +453,7 @@ pub(super) fn ctc_decode<B: Backend>(
                 .iter()
                 .map(|&t| t as u32)
                 .collect();
-            let tokens = if collapse_repeats {
+            let tokens = if options.collapse_repeats {
                 super::pass::output_tokens(ctc_collapse(&positions, special.mask), special)
             } else {
                 super::pass::output_tokens(positions, special)
@@ -377,6 +522,38 @@ mod tests {
     }
 
     #[test]
+    fn a_blank_penalty_lengthens_the_output_and_a_negative_one_shortens_it() {
+        let model = ctc_student(3);
+        let sources = vec![vec![5u32, 6, 7, 8, 9, 10]];
+        let length = |blank_penalty: f32| {
+            let options = NatDecoding {
+                blank_penalty,
+                collapse_repeats: false,
+                ..Default::default()
+            };
+            nat_decode(&model, &sources, options).unwrap()[0][0]
+                .tokens
+                .len()
+        };
+        // Forcing the blank leaves nothing; forbidding it, a token (or a special one,
+        // which the output drops) at each of the 18 positions.
+        assert_eq!(length(-1e4), 0);
+        assert!(length(0.0) <= length(2.0) && length(2.0) <= length(1e4));
+        assert!(length(1e4) > 0 && length(1e4) <= 18);
+        let cmlm = NatStudent::<B>::new(
+            &NatConfig::new(TransformerConfig::tiny(24, SpecialTokens::trained())),
+            &Default::default(),
+        )
+        .unwrap();
+        let options = NatDecoding {
+            blank_penalty: 1.0,
+            ..Default::default()
+        };
+        let err = nat_decode(&cmlm, &sources, options).unwrap_err();
+        assert!(err.to_string().contains("CTC"), "{err}");
+    }
+
+    #[test]
     fn the_loss_is_finite_with_and_without_glancing_even_when_a_target_cannot_fit() {
         let model = ctc_student(2);
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
@@ -395,6 +572,44 @@ mod tests {
             .ctc_loss(&sources[1..], &targets[1..], 0.1, 0.5, &mut rng)
             .into_scalar();
         assert!(loss.is_finite() && loss > 0.0, "{loss}");
+    }
+
+    #[test]
+    fn the_host_ctc_loss_equals_burns_in_value_and_gradient() {
+        use burn::tensor::Distribution;
+        type A = paragen_backend::TestAutodiffBackend;
+        let device = Default::default();
+        A::seed(&device, 11);
+        let (blank, frames) = (0u32, [6usize, 4]);
+        let targets = vec![vec![1u32, 2, 2], vec![3]];
+        let logits = Tensor::<A, 3>::random([2, 6, 7], Distribution::Normal(0.0, 2.0), &device)
+            .require_grad();
+        let ours = ctc_nll_sum(log_softmax(logits.clone(), 2), &targets, &frames, blank);
+        let ours_gradient = logits.grad(&ours.backward()).unwrap();
+
+        let ints = |v: Vec<i64>| {
+            let n = v.len();
+            Tensor::<A, 1, Int>::from_data(TensorData::new(v, [n]), &device)
+        };
+        let padded = Tensor::<A, 2, Int>::from_data(
+            TensorData::new(vec![1i64, 2, 2, 3, 0, 0], [2, 3]),
+            &device,
+        );
+        let reference = burn::tensor::module::ctc_loss(
+            log_softmax(logits.clone(), 2).swap_dims(0, 1),
+            padded,
+            ints(vec![6, 4]),
+            ints(vec![3, 1]),
+            blank as usize,
+        )
+        .sum();
+        let reference_gradient = logits.grad(&reference.backward()).unwrap();
+
+        let (ours, reference) = (ours.into_scalar(), reference.into_scalar());
+        assert!((ours - reference).abs() < 1e-4, "{ours} vs {reference}");
+        ours_gradient
+            .into_data()
+            .assert_approx_eq::<f32>(&reference_gradient.into_data(), Default::default());
     }
 
     #[test]

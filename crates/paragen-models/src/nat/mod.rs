@@ -328,6 +328,7 @@ mod tests {
                 length_beam: 1,
                 iterations: 1,
                 collapse_repeats: false,
+                blank_penalty: 0.0,
             },
         )
         .unwrap();
