@@ -1,6 +1,7 @@
 //! The bench [`Report`] (what `report.json` holds) and its renderings: a markdown
 //! table, SVG plots of BLEU against batch-1 latency and of each model's valid BLEU
-//! against training minutes, and the generated `docs/results.md`. `bench.rs` fills it; nothing here runs a model.
+//! against training minutes, and the generated `docs/results.md`. `bench.rs` fills it;
+//! nothing here runs a model.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -115,14 +116,7 @@ pub fn markdown(report: &Report) -> String {
             speedup[2]
         ));
     }
-    let mut models: Vec<(&str, &str, &Training)> = Vec::new();
-    for v in &report.variants {
-        if let Some(t) = &v.training
-            && !models.iter().any(|(dir, _, _)| *dir == v.model_dir)
-        {
-            models.push((&v.model_dir, &v.kind, t));
-        }
-    }
+    let models = trained_models(report);
     if !models.is_empty() {
         out.push_str("\nModels: ");
         let described: Vec<String> = models
@@ -151,6 +145,20 @@ pub fn markdown(report: &Report) -> String {
         ));
     }
     out
+}
+
+/// Each model once (its directory, kind and training), in report order, for the
+/// variants whose training is known.
+fn trained_models(report: &Report) -> Vec<(&str, &str, &Training)> {
+    let mut models: Vec<(&str, &str, &Training)> = Vec::new();
+    for v in &report.variants {
+        if let Some(t) = &v.training
+            && !models.iter().any(|(dir, _, _)| *dir == v.model_dir)
+        {
+            models.push((&v.model_dir, &v.kind, t));
+        }
+    }
+    models
 }
 
 /// Where every NAT stands against issue 3's targets: one pass at least 90% of the
@@ -245,15 +253,11 @@ pub fn plot_bleu_latency(report: &Report, path: &Path) -> anyhow::Result<()> {
 
 /// Valid BLEU against training minutes, one line per trained model.
 pub fn plot_training_curves(report: &Report, path: &Path) -> anyhow::Result<()> {
-    let mut curves: Vec<(&str, &[(f64, f64)])> = Vec::new();
-    for v in &report.variants {
-        if let Some(t) = &v.training
-            && !t.curve.is_empty()
-            && !curves.iter().any(|(dir, _)| *dir == v.model_dir)
-        {
-            curves.push((&v.model_dir, &t.curve));
-        }
-    }
+    let curves: Vec<(&str, &[(f64, f64)])> = trained_models(report)
+        .into_iter()
+        .filter(|(_, _, t)| !t.curve.is_empty())
+        .map(|(dir, _, t)| (dir, t.curve.as_slice()))
+        .collect();
     let points = || curves.iter().flat_map(|(_, c)| c.iter());
     let max_minutes = points().map(|p| p.0).fold(1.0, f64::max) * 1.05;
     let max_bleu = points().map(|p| p.1).fold(1.0, f64::max) * 1.15;

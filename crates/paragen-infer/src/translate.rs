@@ -91,8 +91,11 @@ impl DecodeRequest {
             return refuse("beam, iterations and length beam must be at least 1");
         }
         let nat_only = self.iterations > 1 || self.length_beam > 1 || self.rescore;
-        let is_ctc = |model: &Model<B>| matches!(model, Model::Nat(nat) if matches!(nat.config().decoder, NatDecoder::Ctc { .. }));
-        if self.blank_penalty != 0.0 && !is_ctc(model) {
+        let is_ctc = match model {
+            Model::Nat(nat) => matches!(nat.config().decoder, NatDecoder::Ctc { .. }),
+            Model::Ar(_) => false,
+        };
+        if self.blank_penalty != 0.0 && !is_ctc {
             return refuse("a blank penalty applies to CTC students only");
         }
         match model {
@@ -108,14 +111,10 @@ impl DecodeRequest {
             Model::Nat(_) if self.beam > 1 => {
                 refuse("a beam applies to AR models; a NAT takes a length beam and iterations")
             }
-            Model::Nat(nat)
-                if nat_only && matches!(nat.config().decoder, NatDecoder::Ctc { .. }) =>
-            {
-                refuse(
-                    "this is a CTC student: it decodes in one pass without predicting a \
+            Model::Nat(_) if nat_only && is_ctc => refuse(
+                "this is a CTC student: it decodes in one pass without predicting a \
                      length, so iterations, a length beam and rescoring do not apply",
-                )
-            }
+            ),
             Model::Nat(_) => Ok(Decoding::Nat(NatDecoding {
                 length_beam: self.length_beam,
                 iterations: self.iterations,

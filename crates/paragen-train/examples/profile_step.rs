@@ -78,7 +78,7 @@ fn profile_ctc<B: AutodiffBackend>(name: &str, device: B::Device) {
         .map(|b| (0..tgt_len).map(|j| token(b * tgt_len + j, 2)).collect())
         .collect();
     let slices: Vec<&[u32]> = sources.iter().map(|s| s.as_slice()).collect();
-    let frames = vec![2 * src_len; batch];
+    let frames = vec![model.ctc_positions(src_len); batch];
     let steps = std::env::var("STEPS").map_or(4, |s| s.parse().unwrap());
     for step in 0..steps {
         let t0 = Instant::now();
