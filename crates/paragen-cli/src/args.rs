@@ -69,6 +69,9 @@ pub enum Command {
     Translate(TranslateArgs),
     /// Translate a split of the prepared data and print BLEU and chrF.
     Eval(EvalArgs),
+    /// Tune a CTC student's decoding on the valid split: try blank penalties, keep the
+    /// best in the run's `decoding.json`, which later commands use by default.
+    Tune(TuneArgs),
     /// Show the shipped release models: evaluate every model in `models/` on the test
     /// split and print BLEU, chrF and speed side by side, with example translations.
     Demo(DemoArgs),
@@ -326,10 +329,10 @@ pub struct DecodeArgs {
     #[arg(long)]
     pub keep_repeats: bool,
     /// NAT-CTC: subtracted from the blank's logit before each position's argmax;
-    /// positive values give longer outputs (tune it on the valid split with `eval
-    /// --split valid`), negative shorter.
-    #[arg(long, default_value_t = 0.0, value_parser = finite_f32_within(-20.0, 20.0), allow_hyphen_values = true)]
-    pub blank_penalty: f32,
+    /// positive values give longer outputs, negative shorter. Default: the value `paragen
+    /// tune` stored in the run (its `decoding.json`), else 0.
+    #[arg(long, value_parser = finite_f32_within(-20.0, 20.0), allow_hyphen_values = true)]
+    pub blank_penalty: Option<f32>,
 }
 
 impl DecodeArgs {
@@ -463,6 +466,26 @@ pub struct EvalArgs {
     pub show: usize,
     #[command(flatten)]
     pub decode: DecodeArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct TuneArgs {
+    /// Run directory of a CTC student (a training run or a release).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Prepared data whose valid split is tuned on (default: the one the model was
+    /// trained on).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Tune on only the first N pairs of the valid split.
+    #[arg(long, value_parser = in_range(1, usize::MAX as u64))]
+    pub limit: Option<usize>,
+    /// Sentences decoded together.
+    #[arg(long, default_value_t = 64, value_parser = in_range(1, 4096))]
+    pub batch_size: usize,
+    /// Print the result (best penalty, its scores, the sweep) as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Clone)]

@@ -15,6 +15,8 @@
 //! - [`profile`]: one model's quality, speed per batch size and roofline, for benches;
 //! - [`release`]: release models (half precision, scored after conversion, generated
 //!   `TRAINING.md` and `models/README.md`);
+//! - [`tune`]: decoding tuned on the valid split and kept in the run (`decoding.json`:
+//!   a CTC student's blank penalty), used whenever a command asks for none;
 //! - [`progress`]: a progress bar on a terminal, log lines otherwise.
 //!
 //! A library user translates with a few lines (see `examples/translate.rs`):
@@ -45,6 +47,7 @@ pub mod release;
 pub mod run_dir;
 pub mod timing;
 pub mod translate;
+pub mod tune;
 
 pub use checkpoint::Checkpoint;
 pub use loaded::{LoadedRun, OpenError};
@@ -56,3 +59,4 @@ pub use translate::{
     DecodeRequest, Decoding, EvalReport, Model, TranslateError, Translator, evaluate,
     translate_ids, translate_lines, translate_texts,
 };
+pub use tune::{TunedDecoding, tune_blank_penalty};

@@ -35,7 +35,8 @@ pub struct LoadedRun<B: Backend> {
 
 impl<B: Backend> LoadedRun<B> {
     /// Opens the run in `dir` on `device`; `request.rescore` needs `rescore_with`, the run
-    /// directory of the AR model that rescores.
+    /// directory of the AR model that rescores. What the request leaves open and the run
+    /// has tuned (its `decoding.json`) decodes the tuned way.
     pub fn open(
         dir: &Path,
         request: &DecodeRequest,
@@ -44,8 +45,13 @@ impl<B: Backend> LoadedRun<B> {
     ) -> Result<Self, OpenError> {
         let run = RunDir::new(dir);
         let (config, model) = run.load_model::<B>(device)?;
+        let tuned = match model.is_ctc() {
+            true => run.load_tuned_decoding()?,
+            false => None,
+        };
         let request = DecodeRequest {
             rescore: rescore_with.is_some(),
+            blank_penalty: request.blank_penalty.or(tuned.map(|t| t.blank_penalty)),
             ..*request
         };
         let decoding = request

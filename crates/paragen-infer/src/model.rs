@@ -113,6 +113,11 @@ impl<B: Backend> Model<B> {
         }
     }
 
+    /// Whether this is a CTC student (one pass, a blank to penalise, no length).
+    pub fn is_ctc(&self) -> bool {
+        matches!(self, Model::Nat(nat) if matches!(nat.config().decoder, NatDecoder::Ctc { .. }))
+    }
+
     /// Rejects sentences the model cannot take (empty, or longer than its positions).
     pub fn check_source_lengths(&self, lengths: &[usize]) -> Result<(), ModelError> {
         self.config().check_source_lengths(lengths)

@@ -62,8 +62,10 @@ pub struct DecodeRequest {
     pub rescore: bool,
     /// NAT: merge neighbouring repeated tokens.
     pub collapse_repeats: bool,
-    /// CTC student: penalty on the blank's logit (positive: longer outputs).
-    pub blank_penalty: f32,
+    /// CTC student: penalty on the blank's logit (positive: longer outputs); `None`
+    /// takes the run's tuned one (see [`crate::tune`]) when opened by
+    /// [`crate::LoadedRun`], else 0.
+    pub blank_penalty: Option<f32>,
 }
 
 impl Default for DecodeRequest {
@@ -76,7 +78,7 @@ impl Default for DecodeRequest {
             length_beam: 1,
             rescore: false,
             collapse_repeats: true,
-            blank_penalty: 0.0,
+            blank_penalty: None,
         }
     }
 }
@@ -91,11 +93,9 @@ impl DecodeRequest {
             return refuse("beam, iterations and length beam must be at least 1");
         }
         let nat_only = self.iterations > 1 || self.length_beam > 1 || self.rescore;
-        let is_ctc = match model {
-            Model::Nat(nat) => matches!(nat.config().decoder, NatDecoder::Ctc { .. }),
-            Model::Ar(_) => false,
-        };
-        if self.blank_penalty != 0.0 && !is_ctc {
+        let is_ctc = model.is_ctc();
+        let blank_penalty = self.blank_penalty.unwrap_or(0.0);
+        if blank_penalty != 0.0 && !is_ctc {
             return refuse("a blank penalty applies to CTC students only");
         }
         match model {
@@ -119,7 +119,7 @@ impl DecodeRequest {
                 length_beam: self.length_beam,
                 iterations: self.iterations,
                 collapse_repeats: self.collapse_repeats,
-                blank_penalty: self.blank_penalty,
+                blank_penalty,
             })),
         }
     }
@@ -409,7 +409,7 @@ mod tests {
         assert!(ask(beam, &cmlm).unwrap_err().contains("AR models"));
         assert!(ask(refine, &ctc).unwrap_err().contains("CTC student"));
         let penalised = DecodeRequest {
-            blank_penalty: 1.5,
+            blank_penalty: Some(1.5),
             ..plain
         };
         assert_eq!(ask(penalised, &ctc).unwrap().name(), "one-pass-bp1.5");

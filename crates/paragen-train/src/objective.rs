@@ -8,7 +8,9 @@
 use burn::prelude::*;
 use paragen_data::Seq2SeqBatch;
 use paragen_data::batch::{Example, pad_to_tensor};
-use paragen_models::nat::{NatDecoder, NatStudent, nat_decode, sample_cmlm_masks};
+use paragen_models::nat::{
+    CTC_BLANK_PENALTIES, NatDecoder, NatDecoding, NatStudent, nat_decode, sample_cmlm_masks,
+};
 use paragen_models::{LengthLimit, ModelError, Transformer, greedy};
 use rand::rngs::StdRng;
 
@@ -18,8 +20,19 @@ pub trait SeqModel<B: Backend>: Module<B> {
     /// `rng` draws anything random in it (CMLM masks).
     fn loss(&self, batch: &[&Example], label_smoothing: f64, rng: &mut StdRng) -> Tensor<B, 1>;
 
+    /// Blank penalties validation decodes with, keeping the best BLEU: a CTC student's
+    /// output length hangs on it, and selecting epochs by its untuned BLEU picks the
+    /// model that under-generates least rather than the best one. `[0.0]` for others.
+    fn validation_blank_penalties(&self) -> &'static [f32] {
+        &[0.0]
+    }
+
     /// Decodes sources the fast way (greedy, or one parallel pass), for validation BLEU.
-    fn validation_decode(&self, sources: &[Vec<u32>]) -> Result<Vec<Vec<u32>>, ModelError>;
+    fn validation_decode(
+        &self,
+        sources: &[Vec<u32>],
+        blank_penalty: f32,
+    ) -> Result<Vec<Vec<u32>>, ModelError>;
 }
 
 impl<B: Backend> SeqModel<B> for Transformer<B> {
@@ -34,7 +47,11 @@ impl<B: Backend> SeqModel<B> for Transformer<B> {
         )
     }
 
-    fn validation_decode(&self, sources: &[Vec<u32>]) -> Result<Vec<Vec<u32>>, ModelError> {
+    fn validation_decode(
+        &self,
+        sources: &[Vec<u32>],
+        _blank_penalty: f32,
+    ) -> Result<Vec<Vec<u32>>, ModelError> {
         greedy(self, sources, LengthLimit::default())
     }
 }
@@ -63,8 +80,23 @@ impl<B: Backend> SeqModel<B> for NatStudent<B> {
         self.cmlm_loss(src, &src_lens, &targets, &masks, label_smoothing)
     }
 
-    fn validation_decode(&self, sources: &[Vec<u32>]) -> Result<Vec<Vec<u32>>, ModelError> {
-        Ok(nat_decode(self, sources, Default::default())?
+    fn validation_blank_penalties(&self) -> &'static [f32] {
+        match self.config().decoder {
+            NatDecoder::Ctc { .. } => &CTC_BLANK_PENALTIES,
+            _ => &[0.0],
+        }
+    }
+
+    fn validation_decode(
+        &self,
+        sources: &[Vec<u32>],
+        blank_penalty: f32,
+    ) -> Result<Vec<Vec<u32>>, ModelError> {
+        let options = NatDecoding {
+            blank_penalty,
+            ..Default::default()
+        };
+        Ok(nat_decode(self, sources, options)?
             .iter()
             .map(|c| paragen_models::nat::best_candidate(c))
             .collect())

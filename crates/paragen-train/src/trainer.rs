@@ -146,6 +146,10 @@ pub struct Validation {
     pub bleu: f64,
     pub chrf: f64,
     pub sentences: usize,
+    /// CTC students: the blank penalty that gave `bleu`, the best of
+    /// [`SeqModel::validation_blank_penalties`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blank_penalty: Option<f32>,
 }
 
 /// What a call to [`train`] did.
@@ -185,7 +189,8 @@ fn mean_loss<B: Backend, M: SeqModel<B>>(
 }
 
 /// Validation loss on all of `data.valid`, BLEU/chrF of the model's fast decoding
-/// (greedy or one pass) on its first `sentences` pairs.
+/// (greedy or one pass) on its first `sentences` pairs; a CTC student is scored at the
+/// best of its blank penalties.
 pub fn validate<B: Backend, M: SeqModel<B>>(
     model: &M,
     tokenizer: &Tokenizer,
@@ -197,25 +202,36 @@ pub fn validate<B: Backend, M: SeqModel<B>>(
     let n = sentences.min(data.valid.len());
     let sources: Vec<&Example> = data.valid[..n].iter().collect();
     let lengths: Vec<usize> = sources.iter().map(|e| e.src.len()).collect();
-    let mut outputs = vec![Vec::new(); n];
-    for batch in paragen_data::batch::inference_batches(&lengths, 64) {
-        let batch_sources: Vec<Vec<u32>> = batch.iter().map(|&i| sources[i].src.clone()).collect();
-        for (&i, out) in batch.iter().zip(model.validation_decode(&batch_sources)?) {
-            outputs[i] = out;
+    let references = &data.valid_references[..n];
+    let penalties = model.validation_blank_penalties();
+    let mut best: Option<Validation> = None;
+    for &blank_penalty in penalties {
+        let mut outputs = vec![Vec::new(); n];
+        for batch in paragen_data::batch::inference_batches(&lengths, 64) {
+            let batch_sources: Vec<Vec<u32>> =
+                batch.iter().map(|&i| sources[i].src.clone()).collect();
+            let decoded = model.validation_decode(&batch_sources, blank_penalty)?;
+            for (&i, out) in batch.iter().zip(decoded) {
+                outputs[i] = out;
+            }
+        }
+        let hypotheses = outputs
+            .iter()
+            .map(|ids| tokenizer.decode(ids))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(TranslateError::from)?;
+        let bleu = corpus_bleu(&hypotheses, references).score;
+        if best.as_ref().is_none_or(|b| bleu > b.bleu) {
+            best = Some(Validation {
+                loss,
+                bleu,
+                chrf: corpus_chrf(&hypotheses, references),
+                sentences: n,
+                blank_penalty: (penalties.len() > 1).then_some(blank_penalty),
+            });
         }
     }
-    let hypotheses = outputs
-        .iter()
-        .map(|ids| tokenizer.decode(ids))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(TranslateError::from)?;
-    let references = &data.valid_references[..n];
-    Ok(Validation {
-        loss,
-        bleu: corpus_bleu(&hypotheses, references).score,
-        chrf: corpus_chrf(&hypotheses, references),
-        sentences: n,
-    })
+    Ok(best.expect("every model validates with at least one blank penalty"))
 }
 
 /// Trains `model` as `config` says, from `resume_from`'s weights, optimizer and progress
@@ -342,7 +358,7 @@ where
         }
         run.commit_checkpoint::<B, _, _>(&state, &model, optimizer.to_record())?;
         let train_loss = loss_sum / loss_tokens.max(1) as f64;
-        run.append_metrics(&serde_json::json!({
+        let mut metrics = serde_json::json!({
             "epoch": epoch,
             "step": state.step,
             "lr": schedule.lr(state.step),
@@ -354,13 +370,21 @@ where
             "train_seconds": state.train_seconds,
             "best": improved,
             "stopped_by_time": stopped_by_time,
-        }))?;
+        });
+        if let Some(penalty) = valid.blank_penalty {
+            metrics["valid_blank_penalty"] = penalty.into();
+        }
+        run.append_metrics(&metrics)?;
         tracing::info!(
-            "epoch {epoch}: step {} train loss {train_loss:.3} valid loss {:.3} BLEU {:.2} chrF {:.2}{}",
+            "epoch {epoch}: step {} train loss {train_loss:.3} valid loss {:.3} BLEU {:.2} chrF {:.2}{}{}",
             state.step,
             valid.loss,
             valid.bleu,
             valid.chrf,
+            valid
+                .blank_penalty
+                .map(|p| format!(" (blank penalty {p})"))
+                .unwrap_or_default(),
             if improved { " (best)" } else { "" }
         );
         last = Some(valid);

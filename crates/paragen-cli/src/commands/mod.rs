@@ -10,6 +10,7 @@ mod profile;
 mod release;
 mod train;
 mod translate;
+mod tune;
 
 use paragen_backend::{DeviceSpec, run_on, set_cpu_threads};
 
@@ -27,6 +28,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::TrainStudent(args) => run_on(spec, train::TrainStudent(args))?,
         Command::Translate(args) => run_on(spec, translate::Translate(args))?,
         Command::Eval(args) => run_on(spec, eval::Eval(args))?,
+        Command::Tune(args) => run_on(spec, tune::Tune(args))?,
         Command::Pipeline(args) => pipeline::pipeline(spec, &args),
         Command::Demo(args) => run_on(
             spec,

@@ -66,6 +66,11 @@ pub enum NatDecoder {
 /// Largest CTC upsampling a config may ask for (the literature uses 2-3).
 pub const MAX_CTC_UPSAMPLE: usize = 8;
 
+/// Blank penalties a CTC student is tuned over on the valid split ([`NatDecoding::blank_penalty`]),
+/// at validation during training and by `paragen tune`. A CTC student that under-generates
+/// gains most from 2-5; beyond about 6, blanks stop winning the argmax at all.
+pub const CTC_BLANK_PENALTIES: [f32; 8] = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0];
+
 impl NatConfig {
     pub fn new(transformer: TransformerConfig) -> Self {
         Self {

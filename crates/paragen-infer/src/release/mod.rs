@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::run_dir::{CheckpointError, ModelConfig, RunConfig, RunDir};
 use crate::translate::{Decoding, Model, TranslateError, Translator, evaluate};
+use crate::tune::{DECODING_FILE, TunedDecoding};
+
+mod page;
+pub use page::{training_page, write_index};
 
 /// Test BLEU a new release must gain over the one it replaces.
 pub const MIN_GAIN: f64 = 0.5;
@@ -38,6 +42,18 @@ pub struct CurvePoint {
     pub step: u64,
     pub train_minutes: f64,
     pub valid_bleu: f64,
+}
+
+/// A release another was trained from (`--init-from`): what its training took, so that
+/// a release's page tells the whole cost and every command behind it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ancestor {
+    /// The directory it was initialized from, as the command named it.
+    pub source: String,
+    pub steps: usize,
+    pub epochs: usize,
+    pub train_minutes: f64,
+    pub commands: Vec<String>,
 }
 
 /// What `release.json` records of a release.
@@ -65,6 +81,13 @@ pub struct ReleaseInfo {
     /// made before paragen recorded them.
     pub commands: Vec<String>,
     pub curve: Vec<CurvePoint>,
+    /// The decoding `paragen tune` chose on the valid split (`decoding.json`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuned_decoding: Option<TunedDecoding>,
+    /// The releases this one continued from, oldest first; `steps`, `train_minutes` and
+    /// `commands` above are this run's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestry: Vec<Ancestor>,
     pub source_run: String,
     pub machine: String,
     pub paragen_version: String,
@@ -75,6 +98,46 @@ impl ReleaseInfo {
     pub fn best_bleu(&self) -> f64 {
         self.test.iter().map(|t| t.bleu).fold(0.0, f64::max)
     }
+
+    /// Minutes of training behind the weights: this run's and its ancestors'.
+    pub fn total_train_minutes(&self) -> f64 {
+        self.train_minutes + self.ancestry.iter().map(|a| a.train_minutes).sum::<f64>()
+    }
+
+    /// Steps of training behind the weights: this run's and its ancestors'.
+    pub fn total_steps(&self) -> usize {
+        self.steps + self.ancestry.iter().map(|a| a.steps).sum::<usize>()
+    }
+}
+
+/// The ancestry of the run `run` initialized from `init_from`: the ancestors of that
+/// release and the release itself. Empty when it is not a release (a plain run directory
+/// keeps no record of what made it beyond its own history). When the release there is
+/// an earlier release of `run` itself (a run released, trained on, and released again
+/// into the directory it started from), only its ancestors count.
+fn ancestry_of(init_from: &Path, run: &Path) -> Vec<Ancestor> {
+    let Some(parent) = std::fs::read(init_from.join("release.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<ReleaseInfo>(&b).ok())
+    else {
+        return Vec::new();
+    };
+    let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    let mut ancestry = parent.ancestry;
+    if same(Path::new(&parent.source_run), run) {
+        return ancestry;
+    }
+    ancestry.push(Ancestor {
+        source: init_from.display().to_string(),
+        steps: parent.steps,
+        epochs: parent.epochs,
+        train_minutes: parent.train_minutes,
+        commands: parent.commands,
+    });
+    ancestry
 }
 
 /// Errors of making a release.
@@ -94,8 +157,9 @@ pub enum ReleaseError {
 }
 
 /// The decodings a release of this model is scored with: greedy and beam 4 for AR
-/// models, one pass and mask-predict 10 for a CMLM student, one pass for CTC.
-pub fn release_decodings(model: &ModelConfig) -> Vec<Decoding> {
+/// models, one pass and mask-predict 10 for a CMLM student, one pass for CTC, and for a
+/// CTC student tuned on the valid split, one pass at its tuned blank penalty too.
+pub fn release_decodings(model: &ModelConfig, tuned: Option<&TunedDecoding>) -> Vec<Decoding> {
     match model {
         ModelConfig::Ar(_) => vec![
             Decoding::Greedy(Default::default()),
@@ -109,7 +173,16 @@ pub fn release_decodings(model: &ModelConfig) -> Vec<Decoding> {
                     ..Default::default()
                 }),
             ],
-            NatDecoder::Ctc { .. } => vec![Decoding::Nat(NatDecoding::default())],
+            NatDecoder::Ctc { .. } => {
+                let mut decodings = vec![Decoding::Nat(NatDecoding::default())];
+                if let Some(tuned) = tuned.filter(|t| t.blank_penalty != 0.0) {
+                    decodings.push(Decoding::Nat(NatDecoding {
+                        blank_penalty: tuned.blank_penalty,
+                        ..Default::default()
+                    }));
+                }
+                decodings
+            }
         },
     }
 }
@@ -142,7 +215,7 @@ pub fn release<B: Backend>(
         Model::Ar(m) => out.save_module_half::<B, _>("model.mpk", m)?,
         Model::Nat(m) => out.save_module_half::<B, _>("model.mpk", m)?,
     }
-    for file in ["metrics.jsonl", "history.jsonl"] {
+    for file in ["metrics.jsonl", "history.jsonl", DECODING_FILE] {
         if source.path(file).exists() {
             let bytes = fsio::read_file(&source.path(file))?;
             fsio::write_atomic(&out.path(file), &bytes)?;
@@ -152,8 +225,9 @@ pub fn release<B: Backend>(
     // Score what ships: the half-precision weights, reloaded.
     let (_, shipped) = out.load_model::<B>(device)?;
     let tokenizer = out.load_tokenizer()?;
+    let tuned = out.load_tuned_decoding()?;
     let mut scores = Vec::new();
-    for decoding in release_decodings(&config.model) {
+    for decoding in release_decodings(&config.model, tuned.as_ref()) {
         let translator = Translator {
             model: &shipped,
             decoding,
@@ -176,6 +250,7 @@ pub fn release<B: Backend>(
         &out,
         shipped.param_count(),
         scores,
+        tuned,
         machine,
         to,
     )?;
@@ -219,6 +294,7 @@ fn describe(
     out: &RunDir,
     params: usize,
     test: Vec<TestScore>,
+    tuned_decoding: Option<TunedDecoding>,
     machine: &str,
     to: &Path,
 ) -> Result<ReleaseInfo, ReleaseError> {
@@ -305,133 +381,16 @@ fn describe(
         test,
         commands,
         curve,
+        tuned_decoding,
+        ancestry: config
+            .training
+            .get("init_from")
+            .and_then(|v| v.as_str())
+            .map_or_else(Vec::new, |from| ancestry_of(Path::new(from), source.root())),
         source_run: source.root().display().to_string(),
         machine: machine.to_string(),
         paragen_version: config.paragen_version.clone(),
     })
-}
-
-/// `TRAINING.md` of a release, generated from its `release.json`.
-pub fn training_page(info: &ReleaseInfo) -> String {
-    let mut page = format!(
-        "# {name}: how it was made\n\n\
-         Generated by `paragen release` from the run's own files; do not edit.\n\n\
-         - model: {kind} (preset {preset}), {enc}+{dec} layers, d_model {d}, dropout {drop}, \
-         {params} parameters, `model.mpk` {mb:.1} MB (half precision)\n\
-         - data: `{data}`{source}\n\
-         - training: {steps} steps, {epochs} epochs, {minutes:.0} minutes of training \
-         (best valid BLEU {best} at epoch {best_epoch}) on {machine}\n\
-         - released from `{run}` by paragen {version}\n\n\
-         ## Test split\n\n\
-         | decoding | BLEU | chrF | sentences | ms/sentence (batch 64) |\n\
-         |---|---:|---:|---:|---:|\n",
-        name = info.name,
-        kind = info.kind,
-        preset = info.preset,
-        enc = info.encoder_layers,
-        dec = info.decoder_layers,
-        d = info.d_model,
-        drop = info.dropout,
-        params = info.params,
-        mb = info.file_bytes as f64 / 1e6,
-        data = info.data_dir,
-        source = info
-            .data_source
-            .as_ref()
-            .map_or(String::new(), |s| format!(", from {s}")),
-        steps = info.steps,
-        epochs = info.epochs,
-        minutes = info.train_minutes,
-        best = info
-            .best_valid_bleu
-            .map_or("-".into(), |b| format!("{b:.2}")),
-        best_epoch = info.best_epoch.map_or("-".into(), |e| e.to_string()),
-        machine = info.machine,
-        run = info.source_run,
-        version = info.paragen_version,
-    );
-    for t in &info.test {
-        page.push_str(&format!(
-            "| {} | {:.2} | {:.2} | {} | {:.2} |\n",
-            t.decoding, t.bleu, t.chrf, t.sentences, t.ms_per_sentence
-        ));
-    }
-    page.push_str("\n## Commands\n\n");
-    if info.commands.is_empty() {
-        page.push_str(
-            "Not recorded: the run predates `history.jsonl`. Its options are in `run.json`.\n",
-        );
-    } else {
-        if info.commands[0].contains("--resume") {
-            page.push_str(
-                "The first invocations of this run predate `history.jsonl`; these are the \
-                 ones recorded since. The run's options are in `run.json`.\n\n",
-            );
-        }
-        page.push_str("```sh\n");
-        for c in &info.commands {
-            page.push_str(c);
-            page.push('\n');
-        }
-        page.push_str("```\n");
-    }
-    page.push_str(
-        "\n## Validation curve\n\n| epoch | step | minutes | valid BLEU |\n|---:|---:|---:|---:|\n",
-    );
-    for p in &info.curve {
-        page.push_str(&format!(
-            "| {} | {} | {:.1} | {:.2} |\n",
-            p.epoch, p.step, p.train_minutes, p.valid_bleu
-        ));
-    }
-    page.push_str(
-        "\nContinue training it with `paragen train-teacher|train-student --init-from <this \
-         directory> ...` (weights only; the optimizer starts fresh).\n",
-    );
-    page
-}
-
-/// Regenerates `dir/README.md`: one line per release found in `dir`.
-pub fn write_index(dir: &Path) -> Result<(), ReleaseError> {
-    let mut releases: Vec<(PathBuf, ReleaseInfo)> = std::fs::read_dir(dir)
-        .map_err(|e| write_error(dir, e))?
-        .flatten()
-        .filter_map(|e| {
-            let path = e.path();
-            let bytes = std::fs::read(path.join("release.json")).ok()?;
-            Some((path, serde_json::from_slice(&bytes).ok()?))
-        })
-        .collect();
-    releases.sort_by(|a, b| a.1.name.cmp(&b.1.name));
-    let mut page = String::from(
-        "# Release models\n\n\
-         Generated by `paragen release`; each directory is a run directory that every \
-         command reads (`paragen eval --model models/NAME`), and its `TRAINING.md` says \
-         how it was made.\n\n\
-         | model | kind | layers | params | MB | trained | test BLEU |\n\
-         |---|---|---|---:|---:|---|---|\n",
-    );
-    for (_, r) in &releases {
-        let scores: Vec<String> = r
-            .test
-            .iter()
-            .map(|t| format!("{} {:.2}", t.decoding, t.bleu))
-            .collect();
-        page.push_str(&format!(
-            "| [{name}]({name}/TRAINING.md) | {} | {}+{} | {:.2}M | {:.1} | {} steps, {:.0} min | {} |\n",
-            r.kind,
-            r.encoder_layers,
-            r.decoder_layers,
-            r.params as f64 / 1e6,
-            r.file_bytes as f64 / 1e6,
-            r.steps,
-            r.train_minutes,
-            scores.join(", "),
-            name = r.name,
-        ));
-    }
-    fsio::write_atomic(&dir.join("README.md"), page.as_bytes())?;
-    Ok(())
 }
 
 /// One release scored live on a test split (what `paragen demo` shows).
@@ -461,8 +420,9 @@ pub fn score_releases<B: Backend>(
         let run = RunDir::new(&path);
         let (config, model) = run.load_model::<B>(device)?;
         let tokenizer = run.load_tokenizer()?;
+        let tuned = run.load_tuned_decoding()?;
         let mut reports = Vec::new();
-        for decoding in release_decodings(&config.model) {
+        for decoding in release_decodings(&config.model, tuned.as_ref()) {
             let translator = Translator {
                 model: &model,
                 decoding,
@@ -588,5 +548,40 @@ mod tests {
         assert!(err.to_string().contains("--force"));
         assert!(to.join("release.json").exists() && !to.with_extension("staging").exists());
         release::<B>(source.root(), &to, &pairs(), "m", true, &device).unwrap();
+    }
+
+    #[test]
+    fn a_release_continued_from_another_tells_the_whole_training() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = Default::default();
+        let to = dir.path().join("models").join("teacher");
+        let first = trained_run(&dir.path().join("first"));
+        release::<B>(first.root(), &to, &pairs(), "m", false, &device).unwrap();
+
+        // A second run initialized from that release, released into its place.
+        let second = trained_run(&dir.path().join("second"));
+        let mut config: RunConfig = second.load_config().unwrap();
+        config
+            .training
+            .insert("init_from".into(), to.display().to_string().into());
+        second.save_config(&config).unwrap();
+        let info = release::<B>(second.root(), &to, &pairs(), "m", true, &device).unwrap();
+        assert_eq!(info.ancestry.len(), 1);
+        assert_eq!(info.ancestry[0].source, to.display().to_string());
+        assert_eq!((info.total_steps(), info.total_train_minutes()), (24, 4.0));
+        let page = std::fs::read_to_string(to.join("TRAINING.md")).unwrap();
+        assert!(
+            page.contains("in all 24 steps, 4 minutes")
+                && page.contains("# the run released as")
+                && page.matches("\nparagen train-teacher\n").count() == 2,
+            "{page}"
+        );
+        let index = std::fs::read_to_string(to.parent().unwrap().join("README.md")).unwrap();
+        assert!(index.contains("24 steps, 4 min"), "{index}");
+
+        // Trained on and released again into the same place: its earlier release is
+        // itself, not an ancestor.
+        let again = release::<B>(second.root(), &to, &pairs(), "m", true, &device).unwrap();
+        assert_eq!(again.ancestry, info.ancestry);
     }
 }
