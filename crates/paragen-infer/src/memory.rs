@@ -52,7 +52,9 @@ pub fn decode_bytes<B: Backend>(
                 NatDecoder::Cmlm => (s + nat.config().max_length_offset as f64).min(positions),
             };
             let rows = b * options.length_beam.max(1) as f64;
-            encoder + rows * t * (2.0 * v + ff + 4.0 * d) + rows * heads * t * (t + s)
+            // The vocabulary logits exist a chunk of positions at a time (decode_best).
+            let logit_rows = (rows * t).min(paragen_models::nat::PROJECTION_ROWS as f64);
+            encoder + logit_rows * 2.0 * v + rows * t * (ff + 4.0 * d) + rows * heads * t * (t + s)
         }
         // A decoding that does not apply fails with its own error later.
         _ => encoder,

@@ -425,25 +425,13 @@ pub(super) fn ctc_decode<B: Backend>(
         &device,
     ));
     let input = model.ctc_input(&slices);
-    let logits = model.decode_logits(
-        &encoded,
-        paragen_data::batch::pad_to_tensor(
-            &paragen_data::batch::as_slices(&input),
-            special.pad,
-            &device,
-        ),
+    let tgt_in = paragen_data::batch::pad_to_tensor(
+        &paragen_data::batch::as_slices(&input),
+        special.pad,
+        &device,
     );
-    let [_, width, vocab] = logits.dims();
-    let logits = if options.blank_penalty == 0.0 {
-        logits
-    } else {
-        let mut bias = vec![0f32; vocab];
-        bias[special.mask as usize] = -options.blank_penalty;
-        logits
-            + Tensor::<B, 1>::from_data(TensorData::new(bias, [vocab]), &device)
-                .reshape([1, 1, vocab])
-    };
-    let (best, ids) = super::pass::best_log_probs(logits);
+    let width = tgt_in.dims()[1];
+    let (best, ids) = model.decode_best(&encoded, tgt_in, options.blank_penalty);
     Ok(input
         .iter()
         .enumerate()

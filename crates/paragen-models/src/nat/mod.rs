@@ -28,6 +28,7 @@ pub use pass::{NatCandidate, all_mask_input};
 
 use burn::nn::{DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
+use burn::tensor::TensorData;
 use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +66,11 @@ pub enum NatDecoder {
 
 /// Largest CTC upsampling a config may ask for (the literature uses 2-3).
 pub const MAX_CTC_UPSAMPLE: usize = 8;
+
+/// Decoder positions whose vocabulary logits [`NatStudent::decode_best`] holds at once:
+/// 256 × 8k f32 is 8 MB, within this machine's cache, and still a GEMM large enough to
+/// run at full speed.
+pub const PROJECTION_ROWS: usize = 256;
 
 /// Blank penalties a CTC student is tuned over on the valid split ([`NatDecoding::blank_penalty`]),
 /// at validation during training and by `paragen tune`. A CTC student that under-generates
@@ -195,6 +201,12 @@ impl<B: Backend> NatStudent<B> {
         encoded: &EncoderOutput<B>,
         tgt_in: Tensor<B, 2, Int>,
     ) -> Tensor<B, 3> {
+        crate::layers::project(&self.embedding, self.decode_hidden(encoded, tgt_in))
+    }
+
+    /// The decoder's normalised output before the vocabulary projection,
+    /// `[batch, time, d_model]`.
+    fn decode_hidden(&self, encoded: &EncoderOutput<B>, tgt_in: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let self_mask = padding_mask(&tgt_in, self.config.transformer.special.pad);
         let mut x = self.embed(tgt_in);
         for layer in &self.decoder {
@@ -205,7 +217,47 @@ impl<B: Backend> NatStudent<B> {
                 encoded.src_mask.clone(),
             );
         }
-        crate::layers::project(&self.embedding, self.decoder_norm.forward(x))
+        self.decoder_norm.forward(x)
+    }
+
+    /// The best token and its log-probability at every decoder position (flattened
+    /// row-major over `[batch, time]`), with `blank_penalty` subtracted from the logit of
+    /// `<mask>` first (0 leaves it). What [`best_log_probs`](pass::best_log_probs) of
+    /// the logits gives, without ever holding the logits of the whole batch: they are
+    /// computed [`PROJECTION_ROWS`] positions at a time, so that each chunk stays in
+    /// cache (batch 64 × 120 positions × 8k vocabulary would be 245 MB, written and
+    /// read back three times).
+    pub(crate) fn decode_best(
+        &self,
+        encoded: &EncoderOutput<B>,
+        tgt_in: Tensor<B, 2, Int>,
+        blank_penalty: f32,
+    ) -> (Vec<f32>, Vec<i64>) {
+        let hidden = self.decode_hidden(encoded, tgt_in);
+        let [batch, time, d] = hidden.dims();
+        let rows = hidden.reshape([batch * time, d]);
+        let weight = self.embedding.weight.val().transpose();
+        let vocab = weight.dims()[1];
+        let bias = (blank_penalty != 0.0).then(|| {
+            let mut bias = vec![0f32; vocab];
+            bias[self.config.transformer.special.mask as usize] = -blank_penalty;
+            Tensor::<B, 2>::from_data(TensorData::new(bias, [1, vocab]), &rows.device())
+        });
+        let (mut best, mut ids) = (Vec::with_capacity(batch * time), Vec::new());
+        for start in (0..batch * time).step_by(PROJECTION_ROWS) {
+            let end = (start + PROJECTION_ROWS).min(batch * time);
+            let mut logits = rows
+                .clone()
+                .slice([start..end, 0..d])
+                .matmul(weight.clone());
+            if let Some(bias) = &bias {
+                logits = logits + bias.clone();
+            }
+            let (chunk_best, chunk_ids) = pass::best_log_probs(logits.unsqueeze_dim::<3>(0));
+            best.extend(chunk_best);
+            ids.extend(chunk_ids);
+        }
+        (best, ids)
     }
 
     /// Starts from the teacher's weights (Guo et al. 2020: a NAT initialised from its
@@ -523,6 +575,33 @@ mod tests {
             .unwrap();
         let picked = rescore_with_teacher(&teacher, &[source], &[options]).unwrap();
         assert_eq!(picked, vec![targets[best].clone()]);
+    }
+
+    #[test]
+    fn the_chunked_projection_gives_the_best_tokens_of_the_whole_logits() {
+        let m = student(11);
+        let special = m.config().transformer.special;
+        // More positions than one chunk holds, the last chunk partial.
+        let (batch, time) = (6, 50);
+        assert!(batch * time > PROJECTION_ROWS && batch * time % PROJECTION_ROWS != 0);
+        let source: Vec<u32> = (5..20).collect();
+        let encoded = m.encode(pad(&vec![source.as_slice(); batch]));
+        let input =
+            || Tensor::<B, 2, Int>::full([batch, time], special.mask as i64, &Default::default());
+        for penalty in [0.0, 2.5] {
+            let (best, ids) = m.decode_best(&encoded, input(), penalty);
+            let vocab = m.config().transformer.vocab_size;
+            let mut bias = vec![0f32; vocab];
+            bias[special.mask as usize] = -penalty;
+            let bias =
+                Tensor::<B, 1>::from_data(TensorData::new(bias, [vocab]), &Default::default());
+            let logits = m.decode_logits(&encoded, input()) + bias.reshape([1, 1, -1]);
+            let (expect, expect_ids) = best_log_probs(logits);
+            assert_eq!(ids, expect_ids, "blank penalty {penalty}");
+            for (a, b) in best.iter().zip(&expect) {
+                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            }
+        }
     }
 
     #[test]
