@@ -45,13 +45,14 @@ impl<B: Backend> LoadedRun<B> {
     ) -> Result<Self, OpenError> {
         let run = RunDir::new(dir);
         let (config, model) = run.load_model::<B>(device)?;
-        let tuned = match model.is_ctc() {
-            true => run.load_tuned_decoding()?,
-            false => None,
+        // The run's decoding.json is read only when the request leaves the penalty open.
+        let blank_penalty = match request.blank_penalty {
+            None if model.is_ctc() => run.load_tuned_decoding()?.map(|t| t.blank_penalty),
+            given => given,
         };
         let request = DecodeRequest {
             rescore: rescore_with.is_some(),
-            blank_penalty: request.blank_penalty.or(tuned.map(|t| t.blank_penalty)),
+            blank_penalty,
             ..*request
         };
         let decoding = request

@@ -3,7 +3,7 @@
 //!
 //! Today that is a CTC student's blank penalty: a CTC model that under-generates writes
 //! much better translations when the blank's logit is lowered before the argmax (the
-//! shipped NAT-CTC went from 9.1 to 16.2 valid BLEU), and the best penalty is a property
+//! sweep of the shipped one is in `models/nat-ctc/TRAINING.md`), and the best penalty is a property
 //! of the trained weights, not of the user's command line. Gu & Kong (2021) tune it the
 //! same way, on the valid split.
 
@@ -247,12 +247,8 @@ mod tests {
             .unwrap();
         let names: Vec<&str> = info.test.iter().map(|t| t.decoding.as_str()).collect();
         assert_eq!(names, ["ctc2-one-pass", "ctc2-one-pass-bp2.5"]);
-        // Compared as parsed from the file: serde_json's default float parsing may land
-        // one ULP away from the value that was written.
-        let saved = run.load_tuned_decoding().unwrap();
-        assert_eq!(saved.as_ref().map(|t| t.blank_penalty), Some(2.5));
-        assert_eq!(info.tuned_decoding, saved);
-        assert_eq!(RunDir::new(&to).load_tuned_decoding().unwrap(), saved);
+        assert_eq!(info.tuned_decoding.as_ref(), Some(&tuned));
+        assert_eq!(RunDir::new(&to).load_tuned_decoding().unwrap(), Some(tuned));
         let page = std::fs::read_to_string(to.join("TRAINING.md")).unwrap();
         assert!(page.contains("## Tuned decoding"), "{page}");
     }

@@ -110,16 +110,22 @@ impl ReleaseInfo {
     }
 }
 
+/// The file in a release directory that describes it ([`ReleaseInfo`]).
+const RELEASE_FILE: &str = "release.json";
+
+/// The release in `dir`, if it holds a readable one.
+fn read_release(dir: &Path) -> Option<ReleaseInfo> {
+    let bytes = std::fs::read(dir.join(RELEASE_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// The ancestry of the run `run` initialized from `init_from`: the ancestors of that
 /// release and the release itself. Empty when it is not a release (a plain run directory
 /// keeps no record of what made it beyond its own history). When the release there is
 /// an earlier release of `run` itself (a run released, trained on, and released again
 /// into the directory it started from), only its ancestors count.
 fn ancestry_of(init_from: &Path, run: &Path) -> Vec<Ancestor> {
-    let Some(parent) = std::fs::read(init_from.join("release.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<ReleaseInfo>(&b).ok())
-    else {
+    let Some(parent) = read_release(init_from) else {
         return Vec::new();
     };
     let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
@@ -187,6 +193,27 @@ pub fn release_decodings(model: &ModelConfig, tuned: Option<&TunedDecoding>) -> 
     }
 }
 
+/// Scores `model` on `pairs` with each of its [`release_decodings`], at batch 64.
+fn evaluate_release_decodings<B: Backend>(
+    model: &Model<B>,
+    config: &ModelConfig,
+    tokenizer: &paragen_data::Tokenizer,
+    tuned: Option<&TunedDecoding>,
+    pairs: &[Pair],
+) -> Result<Vec<crate::translate::EvalReport>, TranslateError> {
+    release_decodings(config, tuned)
+        .into_iter()
+        .map(|decoding| {
+            let translator = Translator {
+                model,
+                decoding,
+                rescorer: None,
+            };
+            evaluate(&translator, tokenizer, pairs, 64, true)
+        })
+        .collect()
+}
+
 /// Copies the run `from` into the release directory `to` (half-precision weights),
 /// scores the copy on `test` pairs, and writes `release.json` and `TRAINING.md`.
 /// `machine` describes where it was trained. An existing release in `to` is replaced
@@ -226,23 +253,20 @@ pub fn release<B: Backend>(
     let (_, shipped) = out.load_model::<B>(device)?;
     let tokenizer = out.load_tokenizer()?;
     let tuned = out.load_tuned_decoding()?;
-    let mut scores = Vec::new();
-    for decoding in release_decodings(&config.model, tuned.as_ref()) {
-        let translator = Translator {
-            model: &shipped,
-            decoding,
-            rescorer: None,
-        };
-        let report = evaluate(&translator, &tokenizer, test, 64, true)?;
-        tracing::info!("{}: test BLEU {:.2}", report.decoding, report.bleu);
-        scores.push(TestScore {
-            decoding: report.decoding,
-            bleu: report.bleu,
-            chrf: report.chrf,
-            sentences: report.sentences,
-            ms_per_sentence: 1000.0 * report.seconds / report.sentences.max(1) as f64,
-        });
-    }
+    let scores =
+        evaluate_release_decodings(&shipped, &config.model, &tokenizer, tuned.as_ref(), test)?
+            .into_iter()
+            .map(|report| {
+                tracing::info!("{}: test BLEU {:.2}", report.decoding, report.bleu);
+                TestScore {
+                    ms_per_sentence: 1000.0 * report.seconds / report.sentences.max(1) as f64,
+                    decoding: report.decoding,
+                    bleu: report.bleu,
+                    chrf: report.chrf,
+                    sentences: report.sentences,
+                }
+            })
+            .collect();
     let info = describe(
         &config,
         &source,
@@ -255,10 +279,7 @@ pub fn release<B: Backend>(
         to,
     )?;
 
-    let old = std::fs::read(to.join("release.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<ReleaseInfo>(&b).ok());
-    if let Some(old) = old
+    if let Some(old) = read_release(to)
         && !force
         && info.best_bleu() < old.best_bleu() + MIN_GAIN
     {
@@ -270,7 +291,7 @@ pub fn release<B: Backend>(
         });
     }
     let json = serde_json::to_vec_pretty(&info).expect("release info serializes");
-    fsio::write_atomic(&out.path("release.json"), &json)?;
+    fsio::write_atomic(&out.path(RELEASE_FILE), &json)?;
     fsio::write_atomic(&out.path("TRAINING.md"), training_page(&info).as_bytes())?;
     if to.exists() {
         std::fs::remove_dir_all(to).map_err(|e| write_error(to, e))?;
@@ -421,15 +442,8 @@ pub fn score_releases<B: Backend>(
         let (config, model) = run.load_model::<B>(device)?;
         let tokenizer = run.load_tokenizer()?;
         let tuned = run.load_tuned_decoding()?;
-        let mut reports = Vec::new();
-        for decoding in release_decodings(&config.model, tuned.as_ref()) {
-            let translator = Translator {
-                model: &model,
-                decoding,
-                rescorer: None,
-            };
-            reports.push(evaluate(&translator, &tokenizer, test, 64, true)?);
-        }
+        let reports =
+            evaluate_release_decodings(&model, &config.model, &tokenizer, tuned.as_ref(), test)?;
         out.push(ScoredRelease {
             name: path
                 .file_name()

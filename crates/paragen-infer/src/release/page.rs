@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use paragen_data::fsio;
 
-use super::{ReleaseError, ReleaseInfo, write_error};
+use super::{ReleaseError, ReleaseInfo, read_release, write_error};
 
 /// `TRAINING.md` of a release, generated from its `release.json`.
 pub fn training_page(info: &ReleaseInfo) -> String {
@@ -144,8 +144,7 @@ pub fn write_index(dir: &Path) -> Result<(), ReleaseError> {
         .flatten()
         .filter_map(|e| {
             let path = e.path();
-            let bytes = std::fs::read(path.join("release.json")).ok()?;
-            Some((path, serde_json::from_slice(&bytes).ok()?))
+            Some((path.clone(), read_release(&path)?))
         })
         .collect();
     releases.sort_by(|a, b| a.1.name.cmp(&b.1.name));
