@@ -431,7 +431,8 @@ pub(super) fn ctc_decode<B: Backend>(
         &device,
     );
     let width = tgt_in.dims()[1];
-    let (best, ids) = model.decode_best(&encoded, tgt_in, options.blank_penalty);
+    let frames: Vec<usize> = input.iter().map(|row| row.len()).collect();
+    let (best, ids) = model.decode_best(&encoded, tgt_in, &frames, options.blank_penalty);
     Ok(input
         .iter()
         .enumerate()

@@ -109,7 +109,7 @@ pub fn nat_decode<B: Backend>(
     for it in 0..iterations {
         let input: Vec<&[u32]> = tokens.iter().map(|t| t.as_slice()).collect();
         let tgt = paragen_data::batch::pad_to_tensor(&input, special.pad, &device);
-        let (best, ids) = model.decode_best(&encoded, tgt, 0.0);
+        let (best, ids) = model.decode_best(&encoded, tgt, &row_lengths, 0.0);
         for r in 0..rows.len() {
             for j in 0..row_lengths[r] {
                 // Only masked positions are re-predicted (all of them in the first pass).

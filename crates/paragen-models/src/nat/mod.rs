@@ -220,42 +220,59 @@ impl<B: Backend> NatStudent<B> {
         self.decoder_norm.forward(x)
     }
 
-    /// The best token and its log-probability at every decoder position (flattened
-    /// row-major over `[batch, time]`), with `blank_penalty` subtracted from the logit of
-    /// `<mask>` first (0 leaves it). What [`best_log_probs`](pass::best_log_probs) of
-    /// the logits gives, without ever holding the logits of the whole batch: they are
-    /// computed [`PROJECTION_ROWS`] positions at a time, so that each chunk stays in
-    /// cache (batch 64 × 120 positions × 8k vocabulary would be 245 MB, written and
-    /// read back three times).
+    /// The best token and its log-probability at the first `lengths[row]` decoder
+    /// positions of each row (flattened row-major over `[batch, time]`; padding positions
+    /// get token pad and 0), with `blank_penalty` subtracted from the logit of `<mask>`
+    /// first (0 leaves it).
+    ///
+    /// Only real positions are projected onto the vocabulary, [`PROJECTION_ROWS`] at a
+    /// time: in a batch of 64 the padding can be half the positions, and the logits of
+    /// the whole batch (64 × 120 positions × 8k vocabulary = 245 MB) would not stay in
+    /// cache.
     pub(crate) fn decode_best(
         &self,
         encoded: &EncoderOutput<B>,
         tgt_in: Tensor<B, 2, Int>,
+        lengths: &[usize],
         blank_penalty: f32,
     ) -> (Vec<f32>, Vec<i64>) {
         let hidden = self.decode_hidden(encoded, tgt_in);
         let [batch, time, d] = hidden.dims();
+        let device = hidden.device();
         let rows = hidden.reshape([batch * time, d]);
         let weight = self.embedding.weight.val().transpose();
         let vocab = weight.dims()[1];
-        let bias = (blank_penalty != 0.0).then(|| {
-            let mut bias = vec![0f32; vocab];
-            bias[self.config.transformer.special.mask as usize] = -blank_penalty;
-            Tensor::<B, 2>::from_data(TensorData::new(bias, [1, vocab]), &rows.device())
-        });
-        let (mut best, mut ids) = (Vec::with_capacity(batch * time), Vec::new());
-        for start in (0..batch * time).step_by(PROJECTION_ROWS) {
-            let end = (start + PROJECTION_ROWS).min(batch * time);
-            let mut logits = rows
-                .clone()
-                .slice([start..end, 0..d])
-                .matmul(weight.clone());
-            if let Some(bias) = &bias {
-                logits = logits + bias.clone();
+        let special = self.config.transformer.special;
+        let positions: Vec<i64> = lengths
+            .iter()
+            .enumerate()
+            .flat_map(|(r, &n)| (0..n.min(time)).map(move |j| (r * time + j) as i64))
+            .collect();
+        let (mut best, mut ids) = (
+            vec![0f32; batch * time],
+            vec![i64::from(special.pad); batch * time],
+        );
+        for chunk in positions.chunks(PROJECTION_ROWS) {
+            let index = Tensor::<B, 1, Int>::from_data(
+                TensorData::new(chunk.to_vec(), [chunk.len()]).convert::<B::IntElem>(),
+                &device,
+            );
+            let logits = rows.clone().select(0, index).matmul(weight.clone());
+            let mut logits = logits
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("the logits of a float model are f32");
+            let (chunk_best, chunk_ids) = pass::best_log_probs_of_rows(
+                &mut logits,
+                vocab,
+                special.mask as usize,
+                blank_penalty,
+            );
+            for ((&p, b), i) in chunk.iter().zip(chunk_best).zip(chunk_ids) {
+                best[p as usize] = b;
+                ids[p as usize] = i;
             }
-            let (chunk_best, chunk_ids) = pass::best_log_probs(logits.unsqueeze_dim::<3>(0));
-            best.extend(chunk_best);
-            ids.extend(chunk_ids);
         }
         (best, ids)
     }
@@ -322,7 +339,7 @@ impl<B: Backend> NatStudent<B> {
 
 #[cfg(test)]
 mod tests {
-    use super::pass::{best_log_probs, rows_to_vec};
+    use super::pass::rows_to_vec;
     use super::*;
     use paragen_backend::TestBackend;
     use paragen_data::SpecialTokens;
@@ -588,18 +605,32 @@ mod tests {
         let encoded = m.encode(pad(&vec![source.as_slice(); batch]));
         let input =
             || Tensor::<B, 2, Int>::full([batch, time], special.mask as i64, &Default::default());
+        let vocab = m.config().transformer.vocab_size;
         for penalty in [0.0, 2.5] {
-            let (best, ids) = m.decode_best(&encoded, input(), penalty);
-            let vocab = m.config().transformer.vocab_size;
-            let mut bias = vec![0f32; vocab];
-            bias[special.mask as usize] = -penalty;
-            let bias =
-                Tensor::<B, 1>::from_data(TensorData::new(bias, [vocab]), &Default::default());
-            let logits = m.decode_logits(&encoded, input()) + bias.reshape([1, 1, -1]);
-            let (expect, expect_ids) = best_log_probs(logits);
+            let (best, ids) = m.decode_best(&encoded, input(), &[time; 6], penalty);
+            let mut logits: Vec<f32> = m
+                .decode_logits(&encoded, input())
+                .into_data()
+                .iter::<f32>()
+                .collect();
+            let (expect, expect_ids) =
+                pass::best_log_probs_of_rows(&mut logits, vocab, special.mask as usize, penalty);
             assert_eq!(ids, expect_ids, "blank penalty {penalty}");
             for (a, b) in best.iter().zip(&expect) {
                 assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            }
+            // Rows shorter than the batch: the same values at their positions, pad after.
+            let lengths = [50, 3, 0, 17, 49, 1];
+            let (short_best, short_ids) = m.decode_best(&encoded, input(), &lengths, penalty);
+            for (r, &n) in lengths.iter().enumerate() {
+                for j in 0..time {
+                    let at = r * time + j;
+                    if j < n {
+                        assert_eq!((short_best[at], short_ids[at]), (best[at], ids[at]));
+                    } else {
+                        assert_eq!((short_best[at], short_ids[at]), (0.0, special.pad as i64));
+                    }
+                }
             }
         }
     }
@@ -610,7 +641,8 @@ mod tests {
             TensorData::from([[[0.0f32, 2.0, -1.0], [3.0, 3.5, 0.5]]]),
             &Default::default(),
         );
-        let (best, ids) = best_log_probs(logits.clone());
+        let mut rows: Vec<f32> = logits.clone().into_data().iter::<f32>().collect();
+        let (best, ids) = pass::best_log_probs_of_rows(&mut rows, 3, 0, 0.0);
         let (expect, expect_ids) = log_softmax(logits, 2).max_dim_with_indices(2);
         let expect: Vec<f32> = expect.into_data().iter::<f32>().collect();
         assert_eq!(ids, rows_to_vec(expect_ids));
