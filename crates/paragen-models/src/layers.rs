@@ -135,8 +135,8 @@ pub(crate) fn project<B: Backend>(embedding: &Embedding<B>, h: Tensor<B, 3>) -> 
 
 /// `linear` applied to the last dimension of `x`, as one `[rows, d_in]` matrix product.
 ///
-/// burn 0.21's CPU backends run a `[batch, time, d_in]` input as one small GEMM per batch
-/// row, packing the same weight matrix again for each (the profile of a batch-64 NAT pass
+/// burn-flex 0.21 runs a `[batch, time, d_in]` input as one small GEMM per batch row,
+/// packing the same weight matrix again for each (the profile of a batch-64 NAT pass
 /// showed it); flattening the leading dimensions gives the GEMM one large problem, which
 /// it packs once and splits over the cores.
 pub(crate) fn linear_rows<B: Backend, const D: usize>(
@@ -215,10 +215,11 @@ impl<B: Backend> MultiHeadAttention<B> {
         let k_time = keys.dims()[2];
         // Scaled before the head split, while the tensor is still contiguous.
         let q = self.split_heads(linear_rows(&self.query, x) * (1.0 / (d_head as f64).sqrt()));
-        let mask = mask.map(|mask| mask.unsqueeze_dim::<4>(1));
         let mut scores = q.matmul(keys.swap_dims(2, 3));
         if let Some(mask) = mask {
-            let mask = mask.expand([batch, self.n_heads, q_time, k_time]);
+            let mask = mask
+                .unsqueeze_dim::<4>(1)
+                .expand([batch, self.n_heads, q_time, k_time]);
             scores = scores.mask_fill(mask, MASKED_SCORE);
         }
         // Not burn's fused `attention` op at inference: on flex it runs one (batch, head)

@@ -48,11 +48,6 @@ pub struct NatCandidate {
     pub score: f32,
 }
 
-#[cfg(test)]
-pub(crate) fn rows_to_vec<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> Vec<i64> {
-    t.into_data().iter::<i64>().collect()
-}
-
 /// Per row of `logits` (`[rows, vocab]`, row-major on the host): the best token and its
 /// log-probability, with `penalty` subtracted from the logit of token `penalised` first.
 ///
@@ -122,7 +117,7 @@ fn exp_non_positive(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5;
     let exp_r = p * r * r + r + 1.0;
     let exponent = (shifted.to_bits() as i32 - ROUND.to_bits() as i32) + 127;
     let scaled = exp_r * f32::from_bits((exponent << 23) as u32);
