@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: measures every trained model variant side by side.
 //!
-//! 1. builds `paragen` in release (and trains the quick teacher first with
-//!    `--build-models` when no trained run exists);
+//! 1. builds `paragen` in release, or in `--profile` (and trains the quick teacher first
+//!    with `--build-models` when no trained run exists);
 //! 2. runs the criterion benchmarks of `benches/` (skip with `--skip-criterion`);
 //! 3. for every run directory under `--models` and every decoding that fits its kind,
 //!    runs `paragen profile` once per thread count: BLEU/chrF on the test split, then
@@ -47,12 +47,50 @@ pub struct BenchArgs {
     /// Skip the criterion benchmarks.
     #[arg(long)]
     skip_criterion: bool,
+    /// Cargo profile that builds `paragen` and the criterion benches. Only `release`
+    /// numbers are published; CI passes `dev` so that the bench reuses what its test
+    /// build compiled (dependencies are optimized in dev too) instead of compiling burn
+    /// a second time.
+    #[arg(long, default_value = "release")]
+    profile: String,
+}
+
+impl BenchArgs {
+    /// Whether this run's numbers may stand as the project's published ones.
+    fn publishes(&self) -> bool {
+        !self.quick && self.profile == "release"
+    }
+
+    /// The cargo arguments that build in `--profile`. Outside release the whole
+    /// workspace is built: features then unify as in `cargo nextest run --workspace`,
+    /// so its dependency builds are reused.
+    fn cargo_build<'a>(&'a self, command: &'a str, release_package: &'a str) -> Vec<&'a str> {
+        if self.profile == "release" {
+            vec![command, "--release", "-p", release_package]
+        } else {
+            vec![command, "--profile", &self.profile, "--workspace"]
+        }
+    }
+
+    /// The folder under `target/` that `--profile` builds into.
+    fn target_folder(&self) -> &str {
+        match self.profile.as_str() {
+            "dev" | "test" => "debug",
+            "bench" => "release",
+            other => other,
+        }
+    }
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let root = crate::workspace_root();
-    cargo(&root, &["build", "--release", "-p", "paragen-cli"])?;
-    let paragen = root.join("target/release/paragen");
+    let mut build = args.cargo_build("build", "paragen-cli");
+    build.push("--bins");
+    cargo(&root, &build)?;
+    let paragen = root
+        .join("target")
+        .join(args.target_folder())
+        .join("paragen");
     let models_dir = root.join(&args.models);
     let mut runs = find_runs(&models_dir, 2);
     if runs.is_empty() {
@@ -66,10 +104,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         runs = find_runs(&models_dir, 2);
     }
     runs.sort_by_key(|r| kind_rank(&run_kind(r)));
+    prepare_missing_data(&paragen, &runs)?;
     let criterion = if args.skip_criterion {
         Vec::new()
     } else {
-        run_criterion(&root, args.quick)?
+        run_criterion(&root, &args)?
     };
     let (time_sentences, runs_per_batch) = if args.quick {
         ("16", "3")
@@ -139,8 +178,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = build_report(profiles, roofline, criterion, &args.threads)?;
     validate_report(&serde_json::to_value(&report)?)
         .map_err(|e| anyhow::anyhow!("report.json schema: {e}"))?;
-    // A quick run measures too little to stand as the project's published numbers.
-    write_outputs(&root, &report, !args.quick)?;
+    // A quick or non-release run measures too little to stand as the published numbers.
+    write_outputs(&root, &report, args.publishes())?;
     Ok(())
 }
 
@@ -175,6 +214,43 @@ fn find_runs(dir: &Path, depth: usize) -> Vec<PathBuf> {
         }
     }
     runs
+}
+
+/// Prepares, from the shipped corpus, each run's data folder that holds no test split:
+/// release models name `work/data`, which a fresh clone does not have yet.
+fn prepare_missing_data(paragen: &Path, runs: &[PathBuf]) -> anyhow::Result<()> {
+    for run_dir in runs {
+        let Some(data) = std::fs::read(run_dir.join("run.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+            .and_then(|v| v["data"].as_str().map(|d| run_dir.join(d)))
+        else {
+            continue;
+        };
+        if ["test.tsv", "test.tsv.gz"]
+            .iter()
+            .any(|split| data.join(split).exists())
+        {
+            continue;
+        }
+        eprintln!(
+            "preparing {} (the data of {}) from the shipped corpus",
+            data.display(),
+            run_dir.display()
+        );
+        let status = Command::new(paragen)
+            .args(["--quiet", "prepare", "--out"])
+            .arg(&data)
+            .current_dir(crate::workspace_root())
+            .status()
+            .context("running paragen prepare")?;
+        ensure!(
+            status.success(),
+            "paragen prepare --out {} failed",
+            data.display()
+        );
+    }
+    Ok(())
 }
 
 /// The `kind` in a run's `run.json` (`ar`, `ar-shallow`, `nat` or `nat-ctc`).
@@ -314,18 +390,10 @@ fn build_quick_models(paragen: &Path, models_dir: &Path, args: &BenchArgs) -> an
     )
 }
 
-fn run_criterion(root: &Path, quick: bool) -> anyhow::Result<Vec<CriterionResult>> {
-    let mut args = vec![
-        "bench",
-        "-p",
-        "paragen-benches",
-        "--bench",
-        "teacher",
-        "--bench",
-        "nat",
-        "--",
-    ];
-    if quick {
+fn run_criterion(root: &Path, bench: &BenchArgs) -> anyhow::Result<Vec<CriterionResult>> {
+    let mut args = bench.cargo_build("bench", "paragen-benches");
+    args.extend(["--bench", "teacher", "--bench", "nat", "--"]);
+    if bench.quick {
         args.extend([
             "--warm-up-time",
             "0.5",
@@ -749,6 +817,7 @@ mod tests {
         );
         let mut runs = find_runs(dir.path(), 2);
         runs.sort_by_key(|r| kind_rank(&run_kind(r)));
+        prepare_missing_data(&paragen, &runs)?;
         assert_eq!(runs[0], teacher);
         assert_eq!(runs[1], shallow);
         assert_eq!(decodings(&teacher, "ar").len(), 2);

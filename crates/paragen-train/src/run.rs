@@ -9,7 +9,7 @@ use burn::prelude::Backend;
 use paragen_data::{SpecialTokens, Tokenizer};
 use paragen_infer::{Checkpoint, ModelConfig, ModelKind, RunConfig, RunDir, RunLock};
 use paragen_models::TransformerConfig;
-use paragen_models::nat::NatConfig;
+use paragen_models::nat::{NatConfig, NatDecoder};
 use serde::{Deserialize, Serialize};
 
 use crate::trainer::{TrainConfig, TrainError};
@@ -293,12 +293,7 @@ pub fn open_run(
             ));
         }
         let source: RunConfig = RunDir::new(from).load_config()?;
-        let same_shapes = |a: &ModelConfig, b: &ModelConfig| {
-            let mut a = a.clone();
-            a.transformer_mut().dropout = b.transformer().dropout;
-            &a == b
-        };
-        if source.kind != config.kind || !same_shapes(&source.model, &config.model) {
+        if source.kind != config.kind || !same_weight_shapes(&source.model, &config.model) {
             return Err(TrainError::Options(format!(
                 "--init-from {}: it holds a {} model of other shapes than this {} run; \
                  start from a run of the same preset and kind",
@@ -329,6 +324,21 @@ pub fn open_run(
         lock,
         checkpoint,
     })
+}
+
+/// Whether weights saved under config `a` load into a model of config `b`. Dropout and
+/// a CTC decoder's upsampling shape no weight, so a run started `--init-from` another
+/// may change them (e.g. continue an upsample-2 CTC student at upsample 3).
+fn same_weight_shapes(a: &ModelConfig, b: &ModelConfig) -> bool {
+    let mut a = a.clone();
+    a.transformer_mut().dropout = b.transformer().dropout;
+    if let (ModelConfig::Nat(a), ModelConfig::Nat(b)) = (&mut a, b)
+        && let (NatDecoder::Ctc { upsample: from }, NatDecoder::Ctc { upsample: to }) =
+            (&mut a.decoder, &b.decoder)
+    {
+        *from = *to;
+    }
+    &a == b
 }
 
 /// Loads the best weights of the run `from` into `model` (same kind and shapes, which
@@ -382,6 +392,32 @@ mod tests {
         assert_eq!((shapes.encoder_layers, shapes.decoder_layers), (4, 1));
         let student = ar.training.student.unwrap();
         assert_eq!((student.kd_weight, student.glance_ratio), (0.5, None));
+    }
+
+    #[test]
+    fn init_from_may_change_dropout_and_ctc_upsampling_but_no_weight_shape() {
+        let tok = tokenizer();
+        let data = Path::new("d");
+        let ctc = |upsample| {
+            student_run(
+                StudentKind::NatCtc { upsample },
+                Preset::Quick,
+                &tok,
+                data,
+                recipe(),
+            )
+            .unwrap()
+            .model
+        };
+        assert!(same_weight_shapes(&ctc(2), &ctc(3)));
+        let mut dropped = ctc(2);
+        dropped.transformer_mut().dropout = 0.3;
+        assert!(same_weight_shapes(&dropped, &ctc(2)));
+        let mut wider = ctc(2);
+        wider.transformer_mut().d_ff *= 2;
+        assert!(!same_weight_shapes(&wider, &ctc(2)));
+        let cmlm = student_run(StudentKind::Nat, Preset::Quick, &tok, data, recipe()).unwrap();
+        assert!(!same_weight_shapes(&cmlm.model, &ctc(2)));
     }
 
     #[test]
