@@ -103,8 +103,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         build_quick_models(&paragen, &models_dir, &args)?;
         runs = find_runs(&models_dir, 2);
     }
-    runs.sort_by_key(|r| kind_rank(&run_kind(r)));
     prepare_missing_data(&paragen, &runs)?;
+    let shortlists = root.join("target/paragen-report/shortlists");
+    runs.extend(shortlist_variants(
+        &paragen,
+        &runs,
+        &models_dir,
+        &shortlists,
+    )?);
+    runs.sort_by_key(|r| kind_rank(&run_kind(r)));
     let criterion = if args.skip_criterion {
         Vec::new()
     } else {
@@ -172,7 +179,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 }
                 per_threads.push(value);
             }
-            profiles.push((variant_name(run_dir, &models_dir), per_threads));
+            let name = match run_dir.strip_prefix(&shortlists) {
+                Ok(derived) => derived.display().to_string(),
+                Err(_) => variant_name(run_dir, &models_dir),
+            };
+            profiles.push((name, per_threads));
         }
     }
     let report = build_report(profiles, roofline, criterion, &args.threads)?;
@@ -251,6 +262,46 @@ fn prepare_missing_data(paragen: &Path, runs: &[PathBuf]) -> anyhow::Result<()> 
         );
     }
     Ok(())
+}
+
+/// For every NAT run without a shortlist, a copy with one (`paragen shortlist`, its
+/// defaults) under `dir`, named `<variant> shortlist`: the report then shows what the
+/// shortlist gains and costs beside the same model without it.
+fn shortlist_variants(
+    paragen: &Path,
+    runs: &[PathBuf],
+    models_dir: &Path,
+    dir: &Path,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let mut derived = Vec::new();
+    for run_dir in runs {
+        let kind = run_kind(run_dir);
+        if !(kind == "nat" || kind == "nat-ctc") || run_dir.join("shortlist.json").exists() {
+            continue;
+        }
+        let out = dir.join(format!("{} shortlist", variant_name(run_dir, models_dir)));
+        // A copy made from older weights would measure another model: make it afresh.
+        if out.exists() {
+            std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
+        }
+        eprintln!("learning a shortlist for {}", run_dir.display());
+        let status = Command::new(paragen)
+            .args(["--quiet", "shortlist", "--model"])
+            .arg(run_dir)
+            .arg("--out")
+            .arg(&out)
+            .current_dir(crate::workspace_root())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("running paragen shortlist")?;
+        ensure!(
+            status.success(),
+            "paragen shortlist --model {} failed",
+            run_dir.display()
+        );
+        derived.push(out);
+    }
+    Ok(derived)
 }
 
 /// The `kind` in a run's `run.json` (`ar`, `ar-shallow`, `nat` or `nat-ctc`).
@@ -817,7 +868,6 @@ mod tests {
         );
         let mut runs = find_runs(dir.path(), 2);
         runs.sort_by_key(|r| kind_rank(&run_kind(r)));
-        prepare_missing_data(&paragen, &runs)?;
         assert_eq!(runs[0], teacher);
         assert_eq!(runs[1], shallow);
         assert_eq!(decodings(&teacher, "ar").len(), 2);

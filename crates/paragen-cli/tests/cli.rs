@@ -438,6 +438,45 @@ fn distill_train_students_and_decode_them_every_way() {
     let out = eval(&ctc, &["--iterations", "2"]);
     assert!(stderr(&out).contains("CTC student"), "{}", stderr(&out));
 
+    // A shortlist run decodes like any other; only NAT students take one, and a
+    // shortlist of another vocabulary is refused by name.
+    let listed = path("ctc-shortlist");
+    let out = paragen(&[
+        "shortlist",
+        "--model",
+        &ctc,
+        "--out",
+        &listed,
+        "--frequent",
+        "50",
+    ]);
+    ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("allows"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = eval(&listed, &[]);
+    ok(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["bleu"].as_f64().is_some_and(f64::is_finite),
+        "{report}"
+    );
+    let out = paragen(&["shortlist", "--model", &teacher, "--out", &path("t-sl")]);
+    assert!(stderr(&out).contains("NAT students"), "{}", stderr(&out));
+    let shortlist_file = dir.path().join("ctc-shortlist/shortlist.json");
+    let mut shortlist: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&shortlist_file).unwrap()).unwrap();
+    shortlist["vocab_size"] = serde_json::json!(7);
+    std::fs::write(&shortlist_file, shortlist.to_string()).unwrap();
+    let out = eval(&listed, &[]);
+    assert!(
+        stderr(&out).contains("shortlist.json") && stderr(&out).contains("vocabulary of 7"),
+        "{}",
+        stderr(&out)
+    );
+
     // Flags of one kind of model are refused on the other, with the reason.
     let out = eval(&teacher, &["--iterations", "2"]);
     assert!(

@@ -6,6 +6,10 @@
 //!   with the KL divergence to the teacher's temperature-softened distribution, for any
 //!   student whose outputs align with the teacher's (AR students).
 //!
+//! - [`shortlist`]: a lexical shortlist learned from training pairs, so that decoding
+//!   projects onto the target tokens a batch's sources translate to instead of the
+//!   whole vocabulary.
+//!
 //! Pruning and quantization will join as sibling modules.
 //!
 //! **Depends on:** paragen-data, paragen-models, paragen-infer (models, translation,
@@ -15,7 +19,9 @@
 //! and progress bars.
 
 pub mod distill;
+pub mod shortlist;
 
 pub use distill::{
     DistillError, DistillOptions, DistillReport, WordKd, distill_corpus, word_kd_loss,
 };
+pub use shortlist::{ShortlistConfig, learn_shortlist};

@@ -17,6 +17,8 @@
 //!   `TRAINING.md` and `models/README.md`);
 //! - [`tune`]: decoding tuned on the valid split and kept in the run (`decoding.json`:
 //!   a CTC student's blank penalty), used whenever a command asks for none;
+//! - [`shortlist`]: a run's lexical shortlist (`shortlist.json`), given to its model on
+//!   load, and runs derived from another with one;
 //! - [`progress`]: a progress bar on a terminal, log lines otherwise.
 //!
 //! A library user translates with a few lines (see `examples/translate.rs`):
@@ -45,6 +47,7 @@ pub mod profile;
 pub mod progress;
 pub mod release;
 pub mod run_dir;
+pub mod shortlist;
 pub mod timing;
 pub mod translate;
 pub mod tune;
@@ -55,6 +58,7 @@ pub use metrics::{Bleu, corpus_bleu, corpus_chrf};
 pub use run_dir::{
     CheckpointError, ModelConfig, ModelKind, RunConfig, RunDir, RunLock, TrainerState, TrainingJson,
 };
+pub use shortlist::{SHORTLIST_FILE, write_shortlist_run};
 pub use translate::{
     DecodeRequest, Decoding, EvalReport, Model, TranslateError, Translator, evaluate,
     translate_ids, translate_lines, translate_texts,

@@ -568,6 +568,7 @@ impl RunDir {
             Model::Ar(m) => Model::Ar(self.load_module("model.mpk", m, device)?),
             Model::Nat(m) => Model::Nat(self.load_module("model.mpk", m, device)?),
         };
+        let model = self.attach_shortlist(model, config.transformer().vocab_size)?;
         Ok((config, model))
     }
 }

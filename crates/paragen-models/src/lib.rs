@@ -10,6 +10,8 @@
 //! - [`nat`]: the non-autoregressive student (CMLM with a length classifier, or CTC),
 //!   its training losses (`nat::loss`, `nat::ctc`) and parallel decoding (`nat::decode`);
 //! - [`loss`]: label-smoothed cross-entropy that ignores padding;
+//! - [`shortlist`]: the lexical shortlist decoding projects onto instead of the whole
+//!   vocabulary;
 //! - [`error`]: [`ModelError`], what a model reports about bad input or config.
 //!
 //! **Depends on:** paragen-data (special-token ids, padding), paragen-backend (only
@@ -23,10 +25,12 @@ pub mod error;
 pub mod layers;
 pub mod loss;
 pub mod nat;
+pub mod shortlist;
 pub mod teacher;
 
 pub use config::{PositionKind, TransformerConfig};
 pub use decoding::{BeamOptions, LengthLimit, beam_search, greedy};
 pub use error::ModelError;
 pub use layers::EncoderOutput;
+pub use shortlist::Shortlist;
 pub use teacher::Transformer;

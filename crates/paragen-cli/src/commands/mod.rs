@@ -8,6 +8,7 @@ mod pipeline;
 mod prepare;
 mod profile;
 mod release;
+mod shortlist;
 mod train;
 mod translate;
 mod tune;
@@ -29,6 +30,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Translate(args) => run_on(spec, translate::Translate(args))?,
         Command::Eval(args) => run_on(spec, eval::Eval(args))?,
         Command::Tune(args) => run_on(spec, tune::Tune(args))?,
+        Command::Shortlist(args) => shortlist::shortlist(&args),
         Command::Pipeline(args) => pipeline::pipeline(spec, &args),
         Command::Demo(args) => run_on(
             spec,

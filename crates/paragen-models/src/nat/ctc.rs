@@ -432,7 +432,14 @@ pub(super) fn ctc_decode<B: Backend>(
     );
     let width = tgt_in.dims()[1];
     let frames: Vec<usize> = input.iter().map(|row| row.len()).collect();
-    let (best, ids) = model.decode_best(&encoded, tgt_in, &frames, options.blank_penalty);
+    let vocabulary = model.output_vocabulary(&slices);
+    let (best, ids) = model.decode_best(
+        &encoded,
+        tgt_in,
+        &frames,
+        options.blank_penalty,
+        vocabulary.as_deref(),
+    );
     Ok(input
         .iter()
         .enumerate()

@@ -88,6 +88,7 @@ pub fn nat_decode<B: Backend>(
     let slices: Vec<&[u32]> = sources.iter().map(|s| s.as_slice()).collect();
     let src = paragen_data::batch::pad_to_tensor(&slices, special.pad, &device);
     let encoded = model.encode(src);
+    let vocabulary = model.output_vocabulary(&slices);
     let lengths = model.predict_lengths(&encoded, &src_lens, options.length_beam);
     let beam = lengths[0].len();
     // Row `i * beam + j` decodes sentence `i` at its `j`-th length candidate.
@@ -109,7 +110,8 @@ pub fn nat_decode<B: Backend>(
     for it in 0..iterations {
         let input: Vec<&[u32]> = tokens.iter().map(|t| t.as_slice()).collect();
         let tgt = paragen_data::batch::pad_to_tensor(&input, special.pad, &device);
-        let (best, ids) = model.decode_best(&encoded, tgt, &row_lengths, 0.0);
+        let (best, ids) =
+            model.decode_best(&encoded, tgt, &row_lengths, 0.0, vocabulary.as_deref());
         for r in 0..rows.len() {
             for j in 0..row_lengths[r] {
                 // Only masked positions are re-predicted (all of them in the first pass).

@@ -26,6 +26,8 @@ pub use decode::{NatDecoding, best_candidate, nat_decode, rescore_with_teacher};
 pub use loss::{glancing_masks, sample_cmlm_masks};
 pub use pass::{NatCandidate, all_mask_input};
 
+use std::sync::Arc;
+
 use burn::nn::{DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::TensorData;
@@ -37,6 +39,7 @@ use crate::error::ModelError;
 use crate::layers::{
     DecoderLayer, EncoderLayer, EncoderOutput, materialize, new_embeddings, padding_mask,
 };
+use crate::shortlist::Shortlist;
 use crate::teacher::Transformer;
 
 /// Shapes of a NAT student: a Transformer plus the length classifier's range.
@@ -113,6 +116,9 @@ pub struct NatStudent<B: Backend> {
     length_head: Linear<B>,
     #[module(skip)]
     config: NatConfig,
+    /// The lexical shortlist decoding projects onto, when one is set.
+    #[module(skip)]
+    shortlist: Option<Arc<Shortlist>>,
 }
 
 impl<B: Backend> NatStudent<B> {
@@ -147,11 +153,35 @@ impl<B: Backend> NatStudent<B> {
             decoder_norm: LayerNormConfig::new(d).init(device),
             length_head: LinearConfig::new(d, config.length_classes()).init(device),
             config: config.clone(),
+            shortlist: None,
         }))
     }
 
     pub fn config(&self) -> &NatConfig {
         &self.config
+    }
+
+    /// Decodes onto `shortlist`'s tokens only from now on (`None`: the whole vocabulary).
+    /// Training never uses one.
+    pub fn set_shortlist(&mut self, shortlist: Option<Arc<Shortlist>>) -> Result<(), ModelError> {
+        if let Some(s) = &shortlist {
+            s.validate(self.config.transformer.vocab_size)
+                .map_err(ModelError::Config)?;
+        }
+        self.shortlist = shortlist;
+        Ok(())
+    }
+
+    pub fn shortlist(&self) -> Option<&Shortlist> {
+        self.shortlist.as_deref()
+    }
+
+    /// The sorted target tokens a batch of `sources` may produce: its shortlist, or
+    /// `None` for the whole vocabulary.
+    pub(crate) fn output_vocabulary(&self, sources: &[&[u32]]) -> Option<Vec<u32>> {
+        self.shortlist
+            .as_ref()
+            .map(|s| s.allowed(sources, self.config.transformer.special))
     }
 
     pub fn device(&self) -> B::Device {
@@ -223,7 +253,9 @@ impl<B: Backend> NatStudent<B> {
     /// The best token and its log-probability at the first `lengths[row]` decoder
     /// positions of each row (flattened row-major over `[batch, time]`; padding positions
     /// get token pad and 0), with `blank_penalty` subtracted from the logit of `<mask>`
-    /// first (0 leaves it).
+    /// first (0 leaves it). With a `vocabulary` (sorted ids that hold every special
+    /// token, from [`Self::output_vocabulary`]) only its tokens are projected, and the
+    /// log-probabilities are normalised over them.
     ///
     /// Only real positions are projected onto the vocabulary, [`PROJECTION_ROWS`] at a
     /// time: in a batch of 64 the padding can be half the positions, and the logits of
@@ -235,14 +267,29 @@ impl<B: Backend> NatStudent<B> {
         tgt_in: Tensor<B, 2, Int>,
         lengths: &[usize],
         blank_penalty: f32,
+        vocabulary: Option<&[u32]>,
     ) -> (Vec<f32>, Vec<i64>) {
         let hidden = self.decode_hidden(encoded, tgt_in);
         let [batch, time, d] = hidden.dims();
         let device = hidden.device();
         let rows = hidden.reshape([batch * time, d]);
-        let weight = self.embedding.weight.val().transpose();
-        let vocab = weight.dims()[1];
         let special = self.config.transformer.special;
+        let (weight, blank) = match vocabulary {
+            Some(ids) => {
+                let index = Tensor::<B, 1, Int>::from_data(
+                    TensorData::new(ids.iter().map(|&id| i64::from(id)).collect(), [ids.len()])
+                        .convert::<B::IntElem>(),
+                    &device,
+                );
+                let blank = ids
+                    .binary_search(&special.mask)
+                    .expect("an output vocabulary holds every special token");
+                (self.embedding.weight.val().select(0, index), blank)
+            }
+            None => (self.embedding.weight.val(), special.mask as usize),
+        };
+        let weight = weight.transpose();
+        let vocab = weight.dims()[1];
         let positions: Vec<i64> = lengths
             .iter()
             .enumerate()
@@ -263,15 +310,14 @@ impl<B: Backend> NatStudent<B> {
                 .convert::<f32>()
                 .into_vec::<f32>()
                 .expect("the logits of a float model are f32");
-            let (chunk_best, chunk_ids) = pass::best_log_probs_of_rows(
-                &mut logits,
-                vocab,
-                special.mask as usize,
-                blank_penalty,
-            );
+            let (chunk_best, chunk_ids) =
+                pass::best_log_probs_of_rows(&mut logits, vocab, blank, blank_penalty);
             for ((&p, b), i) in chunk.iter().zip(chunk_best).zip(chunk_ids) {
                 best[p as usize] = b;
-                ids[p as usize] = i;
+                ids[p as usize] = match vocabulary {
+                    Some(vocabulary) => i64::from(vocabulary[i as usize]),
+                    None => i,
+                };
             }
         }
         (best, ids)
@@ -606,7 +652,7 @@ mod tests {
             || Tensor::<B, 2, Int>::full([batch, time], special.mask as i64, &Default::default());
         let vocab = m.config().transformer.vocab_size;
         for penalty in [0.0, 2.5] {
-            let (best, ids) = m.decode_best(&encoded, input(), &vec![time; batch], penalty);
+            let (best, ids) = m.decode_best(&encoded, input(), &vec![time; batch], penalty, None);
             let mut logits: Vec<f32> = m
                 .decode_logits(&encoded, input())
                 .into_data()
@@ -620,7 +666,7 @@ mod tests {
             }
             // Rows shorter than the batch: the same values at their positions, pad after.
             let lengths = [50, 3, 0, 17, 49, 1];
-            let (short_best, short_ids) = m.decode_best(&encoded, input(), &lengths, penalty);
+            let (short_best, short_ids) = m.decode_best(&encoded, input(), &lengths, penalty, None);
             for (r, &n) in lengths.iter().enumerate() {
                 for j in 0..time {
                     let at = r * time + j;
@@ -632,6 +678,91 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_shortlist_projection_is_the_whole_logits_restricted_to_its_tokens() {
+        let m = student(12);
+        let special = m.config().transformer.special;
+        let (batch, time) = (3, 7);
+        let source: Vec<u32> = (5..12).collect();
+        let encoded = m.encode(pad(&vec![source.as_slice(); batch]));
+        let input =
+            || Tensor::<B, 2, Int>::full([batch, time], special.mask as i64, &Default::default());
+        let vocab = m.config().transformer.vocab_size;
+        let allowed: Vec<u32> = vec![0, 1, 2, 3, 4, 6, 9, 13, 20];
+        let logits: Vec<f32> = m
+            .decode_logits(&encoded, input())
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        for penalty in [0.0, 2.5] {
+            let (best, ids) = m.decode_best(
+                &encoded,
+                input(),
+                &vec![time; batch],
+                penalty,
+                Some(&allowed),
+            );
+            let mut restricted: Vec<f32> = logits
+                .chunks_exact(vocab)
+                .flat_map(|row| allowed.iter().map(|&t| row[t as usize]))
+                .collect();
+            let (expect, expect_at) =
+                pass::best_log_probs_of_rows(&mut restricted, allowed.len(), 4, penalty);
+            let expect_ids: Vec<i64> = expect_at
+                .iter()
+                .map(|&i| i64::from(allowed[i as usize]))
+                .collect();
+            assert_eq!(ids, expect_ids, "blank penalty {penalty}");
+            for (a, b) in best.iter().zip(&expect) {
+                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn decoding_with_a_shortlist_writes_only_its_tokens_and_a_full_one_changes_nothing() {
+        let mut m = student(13);
+        let vocab = m.config().transformer.vocab_size;
+        let sources = vec![vec![5, 6, 7, 8], vec![9, 10, 11]];
+        let options = NatDecoding {
+            length_beam: 2,
+            iterations: 2,
+            ..Default::default()
+        };
+        let plain = nat_decode(&m, &sources, options).unwrap();
+        let full = Shortlist {
+            vocab_size: vocab,
+            always: (0..vocab as u32).collect(),
+            by_source: vec![Vec::new(); vocab],
+        };
+        m.set_shortlist(Some(Arc::new(full))).unwrap();
+        assert_eq!(nat_decode(&m, &sources, options).unwrap(), plain);
+        let mut by_source = vec![Vec::new(); vocab];
+        by_source[5] = vec![12, 13];
+        by_source[9] = vec![14];
+        let narrow = Shortlist {
+            vocab_size: vocab,
+            always: vec![15],
+            by_source,
+        };
+        m.set_shortlist(Some(Arc::new(narrow))).unwrap();
+        for candidates in nat_decode(&m, &sources, options).unwrap() {
+            for c in candidates {
+                assert!(
+                    c.tokens.iter().all(|t| [12, 13, 14, 15].contains(t)),
+                    "{c:?}"
+                );
+            }
+        }
+        let wrong = Shortlist {
+            vocab_size: vocab + 1,
+            always: Vec::new(),
+            by_source: vec![Vec::new(); vocab + 1],
+        };
+        let err = m.set_shortlist(Some(Arc::new(wrong))).unwrap_err();
+        assert!(err.to_string().contains("vocabulary"), "{err}");
     }
 
     #[test]
