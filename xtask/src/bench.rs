@@ -501,6 +501,27 @@ fn read_median_ns(path: &Path) -> Option<f64> {
     value["median"]["point_estimate"].as_f64()
 }
 
+/// `dir` relative to the workspace, as a reader would type it (unchanged outside it).
+fn from_workspace(dir: &str) -> String {
+    let root = crate::workspace_root();
+    let path = Path::new(dir);
+    // A run's data path may climb out of the run (`models/x/../../work/data`).
+    let normal: PathBuf = path.components().fold(PathBuf::new(), |mut out, c| {
+        match c {
+            std::path::Component::ParentDir if out.file_name().is_some() => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+        out
+    });
+    normal
+        .strip_prefix(&root)
+        .unwrap_or(&normal)
+        .display()
+        .to_string()
+}
+
 /// Merges per-thread profiles into variants (best time per batch size) and computes
 /// speedups against the teacher's greedy decoding.
 pub fn build_report(
@@ -546,22 +567,17 @@ pub fn build_report(
             ms_per_sentence: ms,
             speedup_vs_teacher_greedy: BTreeMap::new(),
             best_threads,
-            // Relative to the workspace, as a reader would type it.
             model_dir: first["model"]
                 .as_str()
-                .map(|dir| {
-                    let root = crate::workspace_root();
-                    Path::new(dir)
-                        .strip_prefix(&root)
-                        .unwrap_or(Path::new(dir))
-                        .display()
-                        .to_string()
-                })
+                .map(from_workspace)
                 .unwrap_or_default(),
             training: first["train_steps"].as_u64().map(|steps| Training {
                 encoder_layers: first["encoder_layers"].as_u64().unwrap_or(0),
                 decoder_layers: first["decoder_layers"].as_u64().unwrap_or(0),
-                data_dir: first["data_dir"].as_str().unwrap_or("").to_string(),
+                data_dir: first["data_dir"]
+                    .as_str()
+                    .map(from_workspace)
+                    .unwrap_or_default(),
                 steps,
                 minutes: first["train_minutes"].as_f64().unwrap_or(f64::NAN),
                 curve: first["model"]
@@ -840,6 +856,14 @@ mod tests {
             "{targets}"
         );
         assert!(crate::report::markdown(&report).contains(&targets));
+    }
+
+    #[test]
+    fn report_paths_are_relative_to_the_workspace_and_climb_out_of_runs() {
+        let root = crate::workspace_root();
+        let data = root.join("models/teacher/../../work/data");
+        assert_eq!(from_workspace(data.to_str().unwrap()), "work/data");
+        assert_eq!(from_workspace("/elsewhere/data"), "/elsewhere/data");
     }
 
     #[test]
