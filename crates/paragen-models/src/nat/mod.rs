@@ -172,10 +172,6 @@ impl<B: Backend> NatStudent<B> {
         Ok(())
     }
 
-    pub fn shortlist(&self) -> Option<&Shortlist> {
-        self.shortlist.as_deref()
-    }
-
     /// The sorted target tokens a batch of `sources` may produce: its shortlist, or
     /// `None` for the whole vocabulary.
     pub(crate) fn output_vocabulary(&self, sources: &[&[u32]]) -> Option<Vec<u32>> {
