@@ -463,6 +463,10 @@ fn distill_train_students_and_decode_them_every_way() {
         report["bleu"].as_f64().is_some_and(f64::is_finite),
         "{report}"
     );
+    // A release of it keeps (and is scored with) its shortlist.
+    let out = paragen(&["release", "--model", &listed, "--out", &path("released")]);
+    ok(&out);
+    assert!(dir.path().join("released/shortlist.json").exists());
     let out = paragen(&["shortlist", "--model", &teacher, "--out", &path("t-sl")]);
     assert!(stderr(&out).contains("NAT students"), "{}", stderr(&out));
     let shortlist_file = dir.path().join("ctc-shortlist/shortlist.json");

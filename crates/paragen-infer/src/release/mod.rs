@@ -15,6 +15,7 @@ use paragen_models::nat::{NatDecoder, NatDecoding};
 use serde::{Deserialize, Serialize};
 
 use crate::run_dir::{CheckpointError, ModelConfig, RunConfig, RunDir};
+use crate::shortlist::SHORTLIST_FILE;
 use crate::translate::{Decoding, Model, TranslateError, Translator, evaluate};
 use crate::tune::{DECODING_FILE, TunedDecoding};
 
@@ -242,7 +243,13 @@ pub fn release<B: Backend>(
         Model::Ar(m) => out.save_module_half::<B, _>("model.mpk", m)?,
         Model::Nat(m) => out.save_module_half::<B, _>("model.mpk", m)?,
     }
-    for file in ["metrics.jsonl", "history.jsonl", DECODING_FILE] {
+    // The shortlist ships too: the release is scored (below) and decodes with it.
+    for file in [
+        "metrics.jsonl",
+        "history.jsonl",
+        DECODING_FILE,
+        SHORTLIST_FILE,
+    ] {
         if source.path(file).exists() {
             let bytes = fsio::read_file(&source.path(file))?;
             fsio::write_atomic(&out.path(file), &bytes)?;
