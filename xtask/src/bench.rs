@@ -231,11 +231,7 @@ fn find_runs(dir: &Path, depth: usize) -> Vec<PathBuf> {
 /// release models name `work/data`, which a fresh clone does not have yet.
 fn prepare_missing_data(paragen: &Path, runs: &[PathBuf]) -> anyhow::Result<()> {
     for run_dir in runs {
-        let Some(data) = std::fs::read(run_dir.join("run.json"))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
-            .and_then(|v| v["data"].as_str().map(|d| run_dir.join(d)))
-        else {
+        let Some(data) = run_json(run_dir)["data"].as_str().map(|d| run_dir.join(d)) else {
             continue;
         };
         if ["test.tsv", "test.tsv.gz"]
@@ -249,17 +245,7 @@ fn prepare_missing_data(paragen: &Path, runs: &[PathBuf]) -> anyhow::Result<()> 
             data.display(),
             run_dir.display()
         );
-        let status = Command::new(paragen)
-            .args(["--quiet", "prepare", "--out"])
-            .arg(&data)
-            .current_dir(crate::workspace_root())
-            .status()
-            .context("running paragen prepare")?;
-        ensure!(
-            status.success(),
-            "paragen prepare --out {} failed",
-            data.display()
-        );
+        run_paragen(paragen, &["--quiet", "prepare", "--out", &path_arg(&data)])?;
     }
     Ok(())
 }
@@ -285,32 +271,55 @@ fn shortlist_variants(
             std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
         }
         eprintln!("learning a shortlist for {}", run_dir.display());
-        let status = Command::new(paragen)
-            .args(["--quiet", "shortlist", "--model"])
-            .arg(run_dir)
-            .arg("--out")
-            .arg(&out)
-            .current_dir(crate::workspace_root())
-            .stdout(std::process::Stdio::null())
-            .status()
-            .context("running paragen shortlist")?;
-        ensure!(
-            status.success(),
-            "paragen shortlist --model {} failed",
-            run_dir.display()
-        );
+        run_paragen(
+            paragen,
+            &[
+                "--quiet",
+                "shortlist",
+                "--model",
+                &path_arg(run_dir),
+                "--out",
+                &path_arg(&out),
+            ],
+        )?;
         derived.push(out);
     }
     Ok(derived)
 }
 
-/// The `kind` in a run's `run.json` (`ar`, `ar-shallow`, `nat` or `nat-ctc`).
-fn run_kind(run_dir: &Path) -> String {
+/// A run's `run.json`, or `Null` when it cannot be read (the fields then read as
+/// absent).
+fn run_json(run_dir: &Path) -> Value {
     std::fs::read(run_dir.join("run.json"))
         .ok()
-        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
-        .and_then(|v| v["kind"].as_str().map(str::to_string))
-        .unwrap_or_else(|| "ar".into())
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+/// A path as one argument of `paragen`.
+fn path_arg(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Runs `paragen args` from the workspace root, echoing the command; fails unless it
+/// succeeds.
+fn run_paragen(paragen: &Path, args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("$ paragen {}", args.join(" "));
+    let status = Command::new(paragen)
+        .args(args)
+        .current_dir(crate::workspace_root())
+        .status()
+        .context("running paragen")?;
+    ensure!(status.success(), "paragen {} failed", args.join(" "));
+    Ok(())
+}
+
+/// The `kind` in a run's `run.json` (`ar`, `ar-shallow`, `nat` or `nat-ctc`).
+fn run_kind(run_dir: &Path) -> String {
+    run_json(run_dir)["kind"]
+        .as_str()
+        .unwrap_or("ar")
+        .to_string()
 }
 
 /// Teachers first, then AR students, then NATs: the order the table reads best in.
@@ -330,10 +339,7 @@ fn decodings(run_dir: &Path, kind: &str) -> Vec<Vec<String>> {
         // A CTC student has no length to beam over and nothing to refine.
         "ar-shallow" | "nat-ctc" => vec![flags(&[])],
         _ => {
-            let config = std::fs::read(run_dir.join("run.json"))
-                .ok()
-                .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
-                .unwrap_or_default();
+            let config = run_json(run_dir);
             let mut out = vec![flags(&[]), flags(&["--length-beam", "3"])];
             let teacher = config["student"]["teacher"]
                 .as_str()
@@ -364,14 +370,11 @@ fn variant_name(run_dir: &Path, models_dir: &Path) -> String {
 fn build_quick_models(paragen: &Path, models_dir: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let path = |name: &str| models_dir.join(name).display().to_string();
     let (data, teacher, distilled) = (path("data"), path("teacher"), path("teacher-distilled"));
-    let run = |args: Vec<String>| -> anyhow::Result<()> {
-        eprintln!("$ paragen {}", args.join(" "));
-        let status = Command::new(paragen)
-            .args(&args)
-            .current_dir(crate::workspace_root())
-            .status()?;
-        ensure!(status.success(), "paragen {} failed", args.join(" "));
-        Ok(())
+    let run = |args: Vec<String>| {
+        run_paragen(
+            paragen,
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
     };
     let strings = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     // Trains `out` unless it is finished; resumes it when an earlier call was cut off.

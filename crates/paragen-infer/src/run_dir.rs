@@ -239,6 +239,16 @@ impl RunDir {
         })
     }
 
+    /// Copies those of `files` that `from` holds into this run, byte for byte.
+    pub(crate) fn copy_from(&self, from: &RunDir, files: &[&str]) -> Result<(), CheckpointError> {
+        for file in files {
+            if from.path(file).exists() {
+                fsio::write_atomic(&self.path(file), &fsio::read_file(&from.path(file))?)?;
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn write_json<T: Serialize>(
         &self,
         file: &str,

@@ -11,6 +11,7 @@ use burn::prelude::Backend;
 use paragen_models::Shortlist;
 
 use crate::run_dir::{CheckpointError, Model, RunConfig, RunDir};
+use crate::tune::DECODING_FILE;
 
 /// The file in a run directory that holds its [`Shortlist`].
 pub const SHORTLIST_FILE: &str = "shortlist.json";
@@ -20,7 +21,7 @@ pub const SHORTLIST_FILE: &str = "shortlist.json";
 const COPIED_FILES: [&str; 6] = [
     "model.mpk",
     "tokenizer.json",
-    "decoding.json",
+    DECODING_FILE,
     "history.jsonl",
     "metrics.jsonl",
     "trainer.json",
@@ -87,12 +88,7 @@ pub fn write_shortlist_run(
         });
     }
     std::fs::create_dir_all(out).map_err(|e| paragen_data::DataError::write(out, e))?;
-    for file in COPIED_FILES {
-        if from.path(file).exists() {
-            let bytes = paragen_data::fsio::read_file(&from.path(file))?;
-            paragen_data::fsio::write_atomic(&run.path(file), &bytes)?;
-        }
-    }
+    run.copy_from(from, &COPIED_FILES)?;
     run.save_config(&config)?;
     // Compact JSON: pretty-printed, its 8k short lists take a line per id.
     let json = serde_json::to_vec(shortlist).expect("a shortlist serializes");

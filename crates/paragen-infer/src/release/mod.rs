@@ -244,17 +244,15 @@ pub fn release<B: Backend>(
         Model::Nat(m) => out.save_module_half::<B, _>("model.mpk", m)?,
     }
     // The shortlist ships too: the release is scored (below) and decodes with it.
-    for file in [
-        "metrics.jsonl",
-        "history.jsonl",
-        DECODING_FILE,
-        SHORTLIST_FILE,
-    ] {
-        if source.path(file).exists() {
-            let bytes = fsio::read_file(&source.path(file))?;
-            fsio::write_atomic(&out.path(file), &bytes)?;
-        }
-    }
+    out.copy_from(
+        &source,
+        &[
+            "metrics.jsonl",
+            "history.jsonl",
+            DECODING_FILE,
+            SHORTLIST_FILE,
+        ],
+    )?;
 
     // Score what ships: the half-precision weights, reloaded.
     let (_, shipped) = out.load_model::<B>(device)?;
