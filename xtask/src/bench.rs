@@ -104,13 +104,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         runs = find_runs(&models_dir, 2);
     }
     prepare_missing_data(&paragen, &runs)?;
-    let shortlists = root.join("target/paragen-report/shortlists");
-    runs.extend(shortlist_variants(
-        &paragen,
-        &runs,
-        &models_dir,
-        &shortlists,
-    )?);
+    let derived = root.join("target/paragen-report/derived");
+    runs.extend(derived_variants(&paragen, &runs, &models_dir, &derived)?);
     runs.sort_by_key(|r| kind_rank(&run_kind(r)));
     let criterion = if args.skip_criterion {
         Vec::new()
@@ -179,7 +174,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 }
                 per_threads.push(value);
             }
-            let name = match run_dir.strip_prefix(&shortlists) {
+            let name = match run_dir.strip_prefix(&derived) {
                 Ok(derived) => derived.display().to_string(),
                 Err(_) => variant_name(run_dir, &models_dir),
             };
@@ -250,10 +245,12 @@ fn prepare_missing_data(paragen: &Path, runs: &[PathBuf]) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// For every NAT run without a shortlist, a copy with one (`paragen shortlist`, its
-/// defaults) under `dir`, named `<variant> shortlist`: the report then shows what the
-/// shortlist gains and costs beside the same model without it.
-fn shortlist_variants(
+/// Compressed copies of the runs under `dir`, each named `<variant> <how>`, so that the
+/// report shows what each compression gains and costs beside the same model without it:
+/// every float run quantized to int8 (`paragen quantize`); every NAT run without a
+/// shortlist with one (`paragen shortlist`, its defaults), also of its int8 copy; and
+/// NAT runs at int4.
+fn derived_variants(
     paragen: &Path,
     runs: &[PathBuf],
     models_dir: &Path,
@@ -261,30 +258,55 @@ fn shortlist_variants(
 ) -> anyhow::Result<Vec<PathBuf>> {
     let mut derived = Vec::new();
     for run_dir in runs {
-        let kind = run_kind(run_dir);
-        if !(kind == "nat" || kind == "nat-ctc") || run_dir.join("shortlist.json").exists() {
-            continue;
+        let name = variant_name(run_dir, models_dir);
+        let is_nat = matches!(run_kind(run_dir).as_str(), "nat" | "nat-ctc");
+        let listed = run_dir.join("shortlist.json").exists();
+        let mut int8 = None;
+        if !run_dir.join("quantization.json").exists() {
+            let bits: &[&str] = if is_nat { &["8", "4"] } else { &["8"] };
+            for bits in bits {
+                let out = derive(
+                    paragen,
+                    dir,
+                    &format!("{name} int{bits}"),
+                    &["quantize", "--model", &path_arg(run_dir), "--bits", bits],
+                )?;
+                if *bits == "8" {
+                    int8 = Some(out.clone());
+                }
+                derived.push(out);
+            }
         }
-        let out = dir.join(format!("{} shortlist", variant_name(run_dir, models_dir)));
-        // A copy made from older weights would measure another model: make it afresh.
-        if out.exists() {
-            std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
+        if is_nat && !listed {
+            let mut sources = vec![(run_dir.clone(), name.clone())];
+            sources.extend(int8.map(|q| (q, format!("{name} int8"))));
+            for (source, source_name) in sources {
+                derived.push(derive(
+                    paragen,
+                    dir,
+                    &format!("{source_name} shortlist"),
+                    &["shortlist", "--model", &path_arg(&source)],
+                )?);
+            }
         }
-        eprintln!("learning a shortlist for {}", run_dir.display());
-        run_paragen(
-            paragen,
-            &[
-                "--quiet",
-                "shortlist",
-                "--model",
-                &path_arg(run_dir),
-                "--out",
-                &path_arg(&out),
-            ],
-        )?;
-        derived.push(out);
     }
     Ok(derived)
+}
+
+/// Runs `paragen <args> --out <dir>/<name>` afresh (a copy made from older weights
+/// would measure another model) and returns the new run.
+fn derive(paragen: &Path, dir: &Path, name: &str, args: &[&str]) -> anyhow::Result<PathBuf> {
+    let out = dir.join(name);
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
+    }
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    args.extend(["--out".to_string(), path_arg(&out), "--quiet".to_string()]);
+    run_paragen(
+        paragen,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
+    Ok(out)
 }
 
 /// A run's `run.json`, or `Null` when it cannot be read (the fields then read as
@@ -446,7 +468,9 @@ fn build_quick_models(paragen: &Path, models_dir: &Path, args: &BenchArgs) -> an
 
 fn run_criterion(root: &Path, bench: &BenchArgs) -> anyhow::Result<Vec<CriterionResult>> {
     let mut args = bench.cargo_build("bench", "paragen-benches");
-    args.extend(["--bench", "teacher", "--bench", "nat", "--"]);
+    args.extend([
+        "--bench", "teacher", "--bench", "nat", "--bench", "linear", "--",
+    ]);
     if bench.quick {
         args.extend([
             "--warm-up-time",

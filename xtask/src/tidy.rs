@@ -4,9 +4,10 @@
 //! - paragen crates depend on each other only in the direction of the layers
 //!   (backend <- data <- models <- infer <- train <- compress <- cli <- fuzz); see
 //!   docs/architecture.md;
-//! - library crates use `paragen-backend` only in tests (a dev-dependency), so a library
-//!   user links no backend they did not choose; only the binary (and the fuzz harness)
-//!   picks backends;
+//! - library crates use `paragen-backend` only in tests (a dev-dependency), or with
+//!   `default-features = false` (its backend extensions, such as the int8 kernel,
+//!   without any backend), so a library user links no backend they did not choose;
+//!   only the binary (and the fuzz harness) picks backends;
 //! - no source file in `crates/` has more than [`MAX_CODE_LINES`] lines before its tests.
 
 use std::path::Path;
@@ -47,11 +48,12 @@ pub fn run() -> anyhow::Result<()> {
         }
         if rank > 0
             && !PICKS_BACKENDS.contains(name)
-            && manifest_depends_on(&dependencies_section(&manifest), LAYERS[0])
+            && picks_a_backend(&dependencies_section(&manifest))
         {
             problems.push(format!(
-                "{name} has paragen-backend as a normal dependency; libraries use it only in \
-                 tests (move it to [dev-dependencies])"
+                "{name} has paragen-backend as a normal dependency with its backends; \
+                 libraries use it only in tests (move it to [dev-dependencies]) or with \
+                 `default-features = false`"
             ));
         }
         for entry in ["src/lib.rs", "src/main.rs"] {
@@ -75,6 +77,15 @@ fn manifest_depends_on(manifest: &str, krate: &str) -> bool {
         l.starts_with(&format!("{krate}."))
             || l.starts_with(&format!("{krate} "))
             || l.starts_with(&format!("{krate}="))
+    })
+}
+
+/// Whether a `[dependencies]` table takes `paragen-backend` with its default features
+/// (which compile backends in).
+fn picks_a_backend(dependencies: &str) -> bool {
+    dependencies.lines().any(|l| {
+        let l = l.trim_start();
+        manifest_depends_on(l, LAYERS[0]) && !l.contains("default-features = false")
     })
 }
 
@@ -158,6 +169,11 @@ mod tests {
         let deps = super::dependencies_section(manifest);
         assert!(!super::manifest_depends_on(&deps, "paragen-backend"));
         assert!(super::manifest_depends_on(manifest, "paragen-backend"));
+        assert!(!super::picks_a_backend(&deps));
+        assert!(super::picks_a_backend("paragen-backend.workspace = true\n"));
+        assert!(!super::picks_a_backend(
+            "paragen-backend = { path = \"../paragen-backend\", default-features = false }\n"
+        ));
         assert_eq!(super::code_lines("a\nb\n#[cfg(test)]\nmod tests {}\n"), 2);
     }
 }

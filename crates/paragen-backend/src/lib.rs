@@ -6,10 +6,14 @@
 //! for the concrete backend. Adding a backend means one cargo feature, one
 //! [`BackendKind`] variant and one match arm in [`run_on`].
 //!
-//! **Depends on:** burn only. **Invariant:** no model, data or training logic lives here.
+//! Backend extensions live here too: [`int8`] is the int8 linear op that burn's CPU
+//! backends lack (an integer GEMM with VNNI where the CPU has it).
+//!
+//! **Depends on:** burn, and `rten-gemm` for the int8 kernels. **Invariant:** no model, data or training logic lives here.
 
 #[cfg(feature = "allocator")]
 pub mod allocator;
+pub mod int8;
 pub mod probe;
 
 use std::fmt;

@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod compress;
+pub use compress::{QuantizeArgs, ShortlistArgs};
+
 #[derive(Parser)]
 #[command(
     name = "paragen",
@@ -76,6 +79,11 @@ pub enum Command {
     /// copy of the run that decodes onto it: the output projection then covers only the
     /// target tokens a batch's source tokens translate to, plus the most frequent ones.
     Shortlist(ShortlistArgs),
+    /// Quantize a run's attention and feed-forward weights to int8 (or int4) and write
+    /// a copy of the run that every command reads: about 2x smaller than the f16
+    /// release files, and on x86 CPUs the products run in integers (AVX-512 VNNI where
+    /// the CPU has it).
+    Quantize(QuantizeArgs),
     /// Show the shipped release models: evaluate every model in `models/` on the test
     /// split and print BLEU, chrF and speed side by side, with example translations.
     Demo(DemoArgs),
@@ -490,29 +498,6 @@ pub struct TuneArgs {
     /// Print the result (best penalty, its scores, the sweep) as one JSON object.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Args, Clone)]
-pub struct ShortlistArgs {
-    /// Run directory of a NAT student (a training run or a release).
-    #[arg(long)]
-    pub model: PathBuf,
-    /// New run directory: the model's files plus `shortlist.json`.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Prepared data whose training pairs the shortlist is learned from (default: the
-    /// one the model was trained on, e.g. the teacher's distillation).
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Most frequent target tokens that every batch may produce.
-    #[arg(long, default_value_t = 500, value_parser = in_range(0, 1_000_000))]
-    pub frequent: usize,
-    /// Target tokens that each source token adds (best Dice coefficient first).
-    #[arg(long, default_value_t = 20, value_parser = in_range(1, 1_000_000))]
-    pub per_source: usize,
-    /// Training pairs a source and a target token must share to count as translations.
-    #[arg(long, default_value_t = 2, value_parser = in_range(1, 1_000_000))]
-    pub min_cooccurrence: usize,
 }
 
 #[derive(Args, Clone)]

@@ -481,6 +481,89 @@ fn distill_train_students_and_decode_them_every_way() {
         stderr(&out)
     );
 
+    // A quantized run decodes like any other, also with a shortlist, and ships as a
+    // release; its weights cannot start training, and bad bits are refused by name.
+    for (model, bits) in [(&teacher, "8"), (&ctc, "4")] {
+        let quantized = path(&format!("q{bits}"));
+        let out = paragen(&[
+            "quantize", "--model", model, "--out", &quantized, "--bits", bits,
+        ]);
+        ok(&out);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&format!("int{bits} weights")),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let out = eval(&quantized, &[]);
+        ok(&out);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            report["bleu"].as_f64().is_some_and(f64::is_finite),
+            "{report}"
+        );
+    }
+    let out = paragen(&[
+        "shortlist",
+        "--model",
+        &path("q4"),
+        "--out",
+        &path("q4-listed"),
+    ]);
+    ok(&out);
+    ok(&eval(&path("q4-listed"), &[]));
+    let out = paragen(&[
+        "release",
+        "--model",
+        &path("q8"),
+        "--out",
+        &path("q8-release"),
+    ]);
+    ok(&out);
+    let page = std::fs::read_to_string(dir.path().join("q8-release/TRAINING.md")).unwrap();
+    assert!(page.contains("int8 weights"), "{page}");
+    let out = paragen(&[
+        "quantize",
+        "--model",
+        &path("q8"),
+        "--out",
+        &path("q8-again"),
+    ]);
+    assert!(
+        stderr(&out).contains("already quantized"),
+        "{}",
+        stderr(&out)
+    );
+    let out = paragen(&[
+        "quantize",
+        "--model",
+        &teacher,
+        "--out",
+        &path("q3"),
+        "--bits",
+        "3",
+    ]);
+    assert!(
+        stderr(&out).contains("`3` is not 8 or 4"),
+        "{}",
+        stderr(&out)
+    );
+    let out = paragen(&[
+        "train-teacher",
+        "--data",
+        &data,
+        "--out",
+        &path("from-q8"),
+        "--preset",
+        "tiny",
+        "--init-from",
+        &path("q8"),
+    ]);
+    assert!(
+        stderr(&out).contains("quantized to 8 bits"),
+        "{}",
+        stderr(&out)
+    );
+
     // Flags of one kind of model are refused on the other, with the reason.
     let out = eval(&teacher, &["--iterations", "2"]);
     assert!(

@@ -10,7 +10,10 @@
 //!   projects onto the target tokens a batch's sources translate to instead of the
 //!   whole vocabulary.
 //!
-//! Pruning and quantization will join as sibling modules.
+//! - [`quantize`]: post-training int8 / int4 weight quantization of a run, written as a
+//!   new run that every command reads and that multiplies in integers on the CPU.
+//!
+//! Pruning will join as a sibling module.
 //!
 //! **Depends on:** paragen-data, paragen-models, paragen-infer (models, translation,
 //! progress), paragen-train (the training objective trait), burn; paragen-backend in
@@ -19,9 +22,11 @@
 //! and progress bars.
 
 pub mod distill;
+pub mod quantize;
 pub mod shortlist;
 
 pub use distill::{
     DistillError, DistillOptions, DistillReport, WordKd, distill_corpus, word_kd_loss,
 };
+pub use quantize::{QuantizeError, QuantizeReport, quantize_run};
 pub use shortlist::{ShortlistConfig, learn_shortlist};

@@ -17,6 +17,8 @@
 //!   `TRAINING.md` and `models/README.md`);
 //! - [`tune`]: decoding tuned on the valid split and kept in the run (`decoding.json`:
 //!   a CTC student's blank penalty), used whenever a command asks for none;
+//! - [`quantized`]: quantized runs (`quantization.json`; int8/int4 weights in
+//!   `model.mpk`), read like any run and written from a quantized model;
 //! - [`shortlist`]: a run's lexical shortlist (`shortlist.json`), given to its model on
 //!   load, and runs derived from another with one;
 //! - [`progress`]: a progress bar on a terminal, log lines otherwise.
@@ -39,12 +41,14 @@
 //! optimizers or training loops; never parses command lines.
 
 pub mod checkpoint;
+mod derived;
 pub mod loaded;
 pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod profile;
 pub mod progress;
+pub mod quantized;
 pub mod release;
 pub mod run_dir;
 pub mod shortlist;
@@ -55,6 +59,7 @@ pub mod tune;
 pub use checkpoint::Checkpoint;
 pub use loaded::{LoadedRun, OpenError};
 pub use metrics::{Bleu, corpus_bleu, corpus_chrf};
+pub use quantized::{QUANTIZATION_FILE, Quantization, write_quantized_run};
 pub use run_dir::{
     CheckpointError, ModelConfig, ModelKind, RunConfig, RunDir, RunLock, TrainerState, TrainingJson,
 };

@@ -92,6 +92,30 @@ impl<B: Backend> Model<B> {
         })
     }
 
+    /// The model with its attention and feed-forward weights quantized to `bits`.
+    pub fn quantize(self, bits: u8) -> Self {
+        match self {
+            Model::Ar(m) => Model::Ar(m.quantize(bits)),
+            Model::Nat(m) => Model::Nat(m.quantize(bits)),
+        }
+    }
+
+    /// The layout a checkpoint of [`Model::quantize`]`(bits)` loads into.
+    pub fn quantized_layout(self, bits: u8) -> Self {
+        match self {
+            Model::Ar(m) => Model::Ar(m.quantized_layout(bits)),
+            Model::Nat(m) => Model::Nat(m.quantized_layout(bits)),
+        }
+    }
+
+    /// The bits of its quantized layers, or `None` for a float model.
+    pub fn quantized_bits(&self) -> Option<u8> {
+        match self {
+            Model::Ar(m) => m.quantized_bits(),
+            Model::Nat(m) => m.quantized_bits(),
+        }
+    }
+
     pub fn param_count(&self) -> usize {
         match self {
             Model::Ar(m) => m.param_count(),

@@ -574,7 +574,7 @@ impl RunDir {
             path: self.path("run.json").display().to_string(),
             reason: e.to_string(),
         })?;
-        let model = match model {
+        let model = match self.quantized_layout(model)? {
             Model::Ar(m) => Model::Ar(self.load_module("model.mpk", m, device)?),
             Model::Nat(m) => Model::Nat(self.load_module("model.mpk", m, device)?),
         };
@@ -587,6 +587,9 @@ fn shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<Vec<usize>> {
     struct Shapes(Vec<Vec<usize>>);
     impl<B: Backend> burn::module::ModuleVisitor<B> for Shapes {
         fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            self.0.push(param.val().dims().to_vec());
+        }
+        fn visit_int<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D, Int>>) {
             self.0.push(param.val().dims().to_vec());
         }
     }

@@ -10,22 +10,11 @@ use std::sync::Arc;
 use burn::prelude::Backend;
 use paragen_models::Shortlist;
 
+use crate::derived::{SIDE_FILES, derive_run};
 use crate::run_dir::{CheckpointError, Model, RunConfig, RunDir};
-use crate::tune::DECODING_FILE;
 
 /// The file in a run directory that holds its [`Shortlist`].
 pub const SHORTLIST_FILE: &str = "shortlist.json";
-
-/// Files of a run that a derived run keeps as they are (run.json is rewritten, so that
-/// its data path stays right from the new directory).
-const COPIED_FILES: [&str; 6] = [
-    "model.mpk",
-    "tokenizer.json",
-    DECODING_FILE,
-    "history.jsonl",
-    "metrics.jsonl",
-    "trainer.json",
-];
 
 impl RunDir {
     /// The run's shortlist, `None` when it has none; checked against `vocab_size`.
@@ -80,16 +69,9 @@ pub fn write_shortlist_run(
             path: out.join(SHORTLIST_FILE).display().to_string(),
             reason,
         })?;
-    let run = RunDir::new(out);
-    if run.path("run.json").exists() {
-        return Err(CheckpointError::Mismatch {
-            path: run.path("run.json").display().to_string(),
-            reason: "the output directory already holds a run; choose another --out".into(),
-        });
-    }
-    std::fs::create_dir_all(out).map_err(|e| paragen_data::DataError::write(out, e))?;
-    run.copy_from(from, &COPIED_FILES)?;
-    run.save_config(&config)?;
+    let mut files = vec!["model.mpk"];
+    files.extend(SIDE_FILES.iter().filter(|&&f| f != SHORTLIST_FILE));
+    let run = derive_run(from, out, &files)?;
     // Compact JSON: pretty-printed, its 8k short lists take a line per id.
     let json = serde_json::to_vec(shortlist).expect("a shortlist serializes");
     paragen_data::fsio::write_atomic(&run.path(SHORTLIST_FILE), &json)?;

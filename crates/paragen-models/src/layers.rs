@@ -3,11 +3,13 @@
 
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
-    Linear, LinearConfig,
 };
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::{relu, softmax};
+
+use crate::dense::Dense;
+use crate::embedding::TiedEmbedding;
 
 /// Initializes every parameter of `module` now.
 ///
@@ -56,16 +58,9 @@ pub(crate) fn copy_layers<L: Clone>(to: &mut [L], from: &[L]) {
 pub(crate) fn new_embeddings<B: Backend>(
     config: &crate::config::TransformerConfig,
     device: &B::Device,
-) -> (Embedding<B>, Option<Embedding<B>>) {
+) -> (TiedEmbedding<B>, Option<Embedding<B>>) {
     let d = config.d_model;
-    // Embeddings start at variance 1/d and are scaled by sqrt(d) (fairseq's recipe),
-    // so token and position signals have the same magnitude.
-    let embedding = EmbeddingConfig::new(config.vocab_size, d)
-        .with_initializer(Initializer::Normal {
-            mean: 0.0,
-            std: (d as f64).powf(-0.5),
-        })
-        .init(device);
+    let embedding = TiedEmbedding::new(config.vocab_size, d, device);
     let learned_positions = (config.positions == crate::config::PositionKind::Learned).then(|| {
         EmbeddingConfig::new(config.max_positions, d)
             .with_initializer(Initializer::Normal {
@@ -83,14 +78,14 @@ pub(crate) fn new_embeddings<B: Backend>(
 /// # Shapes
 /// - `tokens`: `[batch, time]`; returns `[batch, time, d_model]`.
 pub(crate) fn embed<B: Backend>(
-    embedding: &Embedding<B>,
+    embedding: &TiedEmbedding<B>,
     learned_positions: Option<&Embedding<B>>,
     dropout: &Dropout,
     tokens: Tensor<B, 2, Int>,
     start: usize,
 ) -> Tensor<B, 3> {
     let [batch, time] = tokens.dims();
-    let d = embedding.weight.dims()[1];
+    let d = embedding.dims()[1];
     let device = tokens.device();
     let x = embedding.forward(tokens) * (d as f64).sqrt();
     let positions = match learned_positions {
@@ -120,34 +115,16 @@ pub(crate) fn encode<B: Backend>(
     }
 }
 
-/// Output logits of decoder states through the shared embedding.
-///
-/// # Shapes
-/// - `h`: `[batch, time, d_model]`; returns `[batch, time, vocab]`.
-pub(crate) fn project<B: Backend>(embedding: &Embedding<B>, h: Tensor<B, 3>) -> Tensor<B, 3> {
-    let [batch, time, d] = h.dims();
-    let weight = embedding.weight.val();
-    let vocab = weight.dims()[0];
-    h.reshape([batch * time, d])
-        .matmul(weight.transpose())
-        .reshape([batch, time, vocab])
-}
-
-/// `linear` applied to the last dimension of `x`, as one `[rows, d_in]` matrix product.
-///
-/// burn-flex 0.21 runs a `[batch, time, d_in]` input as one small GEMM per batch row,
-/// packing the same weight matrix again for each (the profile of a batch-64 NAT pass
-/// showed it); flattening the leading dimensions gives the GEMM one large problem, which
-/// it packs once and splits over the cores.
-pub(crate) fn linear_rows<B: Backend, const D: usize>(
-    linear: &Linear<B>,
-    x: Tensor<B, D>,
-) -> Tensor<B, D> {
-    let mut dims = x.dims();
-    let rows = dims[..D - 1].iter().product();
-    let y = linear.forward(x.reshape([rows, dims[D - 1]]));
-    dims[D - 1] = y.dims()[1];
-    y.reshape(dims)
+/// Applies `f` to every dense layer of an encoder and a decoder stack, in order.
+pub(crate) fn map_dense_layers<B: Backend>(
+    encoder: Vec<EncoderLayer<B>>,
+    decoder: Vec<DecoderLayer<B>>,
+    f: &mut impl FnMut(Dense<B>) -> Dense<B>,
+) -> (Vec<EncoderLayer<B>>, Vec<DecoderLayer<B>>) {
+    (
+        encoder.into_iter().map(|l| l.map_dense(f)).collect(),
+        decoder.into_iter().map(|l| l.map_dense(f)).collect(),
+    )
 }
 
 /// Value added to the attention scores of masked positions (large but finite, so a fully
@@ -157,17 +134,27 @@ const MASKED_SCORE: f32 = -1.0e9;
 /// Multi-head scaled dot-product attention (Vaswani et al. 2017, section 3.2).
 #[derive(Module, Debug)]
 pub struct MultiHeadAttention<B: Backend> {
-    query: Linear<B>,
-    key: Linear<B>,
-    value: Linear<B>,
-    output: Linear<B>,
+    query: Dense<B>,
+    key: Dense<B>,
+    value: Dense<B>,
+    output: Dense<B>,
     dropout: Dropout,
     n_heads: usize,
 }
 
 impl<B: Backend> MultiHeadAttention<B> {
+    pub(crate) fn map_dense(self, f: &mut impl FnMut(Dense<B>) -> Dense<B>) -> Self {
+        Self {
+            query: f(self.query),
+            key: f(self.key),
+            value: f(self.value),
+            output: f(self.output),
+            ..self
+        }
+    }
+
     pub fn new(d_model: usize, n_heads: usize, dropout: f64, device: &B::Device) -> Self {
-        let linear = || LinearConfig::new(d_model, d_model).init(device);
+        let linear = || Dense::new(d_model, d_model, device);
         Self {
             query: linear(),
             key: linear(),
@@ -191,8 +178,8 @@ impl<B: Backend> MultiHeadAttention<B> {
     /// - `x`: `[batch, time, d_model]`; returns keys and values `[batch, heads, time, d_head]`.
     pub fn project_kv(&self, x: Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         (
-            self.split_heads(linear_rows(&self.key, x.clone())),
-            self.split_heads(linear_rows(&self.value, x)),
+            self.split_heads(self.key.forward(x.clone())),
+            self.split_heads(self.value.forward(x)),
         )
     }
 
@@ -214,7 +201,7 @@ impl<B: Backend> MultiHeadAttention<B> {
         let d_head = d_model / self.n_heads;
         let k_time = keys.dims()[2];
         // Scaled before the head split, while the tensor is still contiguous.
-        let q = self.split_heads(linear_rows(&self.query, x) * (1.0 / (d_head as f64).sqrt()));
+        let q = self.split_heads(self.query.forward(x) * (1.0 / (d_head as f64).sqrt()));
         let mut scores = q.matmul(keys.swap_dims(2, 3));
         if let Some(mask) = mask {
             let mask = mask
@@ -226,7 +213,7 @@ impl<B: Backend> MultiHeadAttention<B> {
         // at a time on one core, and measured 10-20% slower here than these batched ops.
         let context = self.dropout.forward(softmax(scores, 3)).matmul(values);
         let context = context.swap_dims(1, 2).reshape([batch, q_time, d_model]);
-        linear_rows(&self.output, context)
+        self.output.forward(context)
     }
 
     /// Attention of `x` over `memory` (self-attention when they are the same tensor).
@@ -244,23 +231,31 @@ impl<B: Backend> MultiHeadAttention<B> {
 /// Position-wise feed-forward block: `Linear -> ReLU -> dropout -> Linear`.
 #[derive(Module, Debug)]
 pub struct FeedForward<B: Backend> {
-    inner: Linear<B>,
-    outer: Linear<B>,
+    inner: Dense<B>,
+    outer: Dense<B>,
     dropout: Dropout,
 }
 
 impl<B: Backend> FeedForward<B> {
+    pub(crate) fn map_dense(self, f: &mut impl FnMut(Dense<B>) -> Dense<B>) -> Self {
+        Self {
+            inner: f(self.inner),
+            outer: f(self.outer),
+            ..self
+        }
+    }
+
     pub fn new(d_model: usize, d_ff: usize, dropout: f64, device: &B::Device) -> Self {
         Self {
-            inner: LinearConfig::new(d_model, d_ff).init(device),
-            outer: LinearConfig::new(d_ff, d_model).init(device),
+            inner: Dense::new(d_model, d_ff, device),
+            outer: Dense::new(d_ff, d_model, device),
             dropout: DropoutConfig::new(dropout).init(),
         }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let hidden = relu(linear_rows(&self.inner, x));
-        linear_rows(&self.outer, self.dropout.forward(hidden))
+        let hidden = relu(self.inner.forward(x));
+        self.outer.forward(self.dropout.forward(hidden))
     }
 }
 
@@ -296,6 +291,18 @@ pub struct EncoderLayer<B: Backend> {
 }
 
 impl<B: Backend> EncoderLayer<B> {
+    pub(crate) fn quantized_bits(&self) -> Option<u8> {
+        self.attention.query.quantized_bits()
+    }
+
+    pub(crate) fn map_dense(self, f: &mut impl FnMut(Dense<B>) -> Dense<B>) -> Self {
+        Self {
+            attention: self.attention.map_dense(f),
+            ffn: self.ffn.map_dense(f),
+            ..self
+        }
+    }
+
     pub fn new(
         d_model: usize,
         n_heads: usize,
@@ -371,6 +378,15 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
+    pub(crate) fn map_dense(self, f: &mut impl FnMut(Dense<B>) -> Dense<B>) -> Self {
+        Self {
+            self_attention: self.self_attention.map_dense(f),
+            cross_attention: self.cross_attention.map_dense(f),
+            ffn: self.ffn.map_dense(f),
+            ..self
+        }
+    }
+
     pub fn new(
         d_model: usize,
         n_heads: usize,

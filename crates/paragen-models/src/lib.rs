@@ -2,6 +2,9 @@
 //!
 //! - [`config`]: serde model configs with presets (`quick`, `base`), saved beside every
 //!   checkpoint so a model can always be rebuilt;
+//! - [`dense`]: the linear layer of every model, float or quantized (int8, int4);
+//! - [`embedding`]: the token table every model shares between its inputs and its
+//!   output projection, float or quantized;
 //! - [`layers`]: multi-head attention with a real KV cache, feed-forward blocks,
 //!   positional encodings, pre-norm encoder and decoder layers;
 //! - [`teacher`]: the autoregressive encoder-decoder (Vaswani et al. 2017, pre-norm,
@@ -14,13 +17,14 @@
 //!   vocabulary;
 //! - [`error`]: [`ModelError`], what a model reports about bad input or config.
 //!
-//! **Depends on:** paragen-data (special-token ids, padding), paragen-backend (only
-//! in tests),
-//! burn. **Invariant:** never reads or writes files and never prints; models are generic
+//! **Depends on:** paragen-data (special-token ids, padding), paragen-backend (the
+//! int8 kernel of quantized layers), burn. **Invariant:** never reads or writes files and never prints; models are generic
 //! over `B: Backend`.
 
 pub mod config;
 pub mod decoding;
+pub mod dense;
+pub mod embedding;
 pub mod error;
 pub mod layers;
 pub mod loss;

@@ -8,10 +8,12 @@ use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 
 use crate::config::TransformerConfig;
+use crate::dense::Dense;
+use crate::embedding::TiedEmbedding;
 use crate::error::ModelError;
 use crate::layers::{
     DecoderLayer, DecoderLayerCache, EncoderLayer, EncoderOutput, causal_mask, copy_layers,
-    materialize, new_embeddings, padding_mask,
+    map_dense_layers, materialize, new_embeddings, padding_mask,
 };
 
 /// Incremental decoding state: one KV cache per decoder layer.
@@ -46,7 +48,7 @@ impl<B: Backend> DecoderState<B> {
 
 /// The parameters a student holds in the same layout as its teacher.
 pub(crate) struct SharedParts<'a, B: Backend> {
-    pub embedding: &'a mut Embedding<B>,
+    pub embedding: &'a mut TiedEmbedding<B>,
     pub learned_positions: &'a mut Option<Embedding<B>>,
     pub encoder: &'a mut [EncoderLayer<B>],
     pub encoder_norm: &'a mut LayerNorm<B>,
@@ -57,7 +59,7 @@ pub(crate) struct SharedParts<'a, B: Backend> {
 /// Encoder-decoder Transformer with shared embeddings.
 #[derive(Module, Debug)]
 pub struct Transformer<B: Backend> {
-    pub(crate) embedding: Embedding<B>,
+    pub(crate) embedding: TiedEmbedding<B>,
     pub(crate) learned_positions: Option<Embedding<B>>,
     pub(crate) encoder: Vec<EncoderLayer<B>>,
     pub(crate) encoder_norm: LayerNorm<B>,
@@ -96,7 +98,7 @@ impl<B: Backend> Transformer<B> {
     }
 
     pub fn device(&self) -> B::Device {
-        self.embedding.weight.device()
+        self.embedding.device()
     }
 
     /// Rejects sentences the model cannot take (empty, or longer than its positions).
@@ -130,7 +132,7 @@ impl<B: Backend> Transformer<B> {
     }
 
     fn project(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        crate::layers::project(&self.embedding, h)
+        self.embedding.project(h)
     }
 
     /// Teacher-forced decoding of whole target prefixes.
@@ -187,15 +189,53 @@ impl<B: Backend> Transformer<B> {
         self.project(self.decoder_norm.forward(x)).squeeze_dim(1)
     }
 
-    /// Number of trainable scalars.
+    /// Number of weights, whether float or quantized.
     pub fn param_count(&self) -> usize {
-        self.num_params()
+        crate::dense::weight_count(self, self.quantized_bits())
+    }
+
+    /// The model with the weights of its attention and feed-forward layers and its
+    /// shared token table quantized to `bits` (8 or 4) and their float copies dropped;
+    /// positions, norms, biases (and a NAT's length classifier) stay float. For
+    /// inference.
+    pub fn quantize(self, bits: u8) -> Self {
+        let model = self.map_dense(&mut |layer| layer.quantize(bits));
+        Self {
+            embedding: model.embedding.quantize(bits),
+            ..model
+        }
+    }
+
+    /// The layout a checkpoint of [`Self::quantize`]`(bits)` loads into.
+    pub fn quantized_layout(self, bits: u8) -> Self {
+        let model = self.map_dense(&mut |layer| layer.quantized_layout(bits));
+        Self {
+            embedding: model.embedding.quantized_layout(bits),
+            ..model
+        }
+    }
+
+    /// The bits of the quantized layers, or `None` for a float model.
+    pub fn quantized_bits(&self) -> Option<u8> {
+        self.encoder
+            .first()
+            .and_then(|layer| layer.quantized_bits())
+    }
+
+    fn map_dense(self, f: &mut impl FnMut(Dense<B>) -> Dense<B>) -> Self {
+        let (encoder, decoder) = map_dense_layers(self.encoder, self.decoder, f);
+        Self {
+            encoder,
+            decoder,
+            ..self
+        }
     }
 
     /// Starts an AR student from its teacher's weights: the shared embedding and the
     /// first encoder and decoder layers, as many as both have (a deep-encoder student
     /// keeps its extra encoder layers random). Widths and vocabulary must match.
     pub fn init_from_teacher(&mut self, teacher: &Transformer<B>) -> Result<(), ModelError> {
+        teacher.check_float()?;
         self.config
             .check_layers_fit(teacher.config())
             .map_err(ModelError::Config)?;
@@ -263,9 +303,21 @@ impl<B: Backend> Transformer<B> {
             .collect())
     }
 
-    /// The shared embedding matrix, `[vocab, d_model]`.
-    pub fn embedding_weight(&self) -> &Param<Tensor<B, 2>> {
-        &self.embedding.weight
+    /// Refuses a quantized model as the start of a student: training cannot update
+    /// integer weights.
+    pub(crate) fn check_float(&self) -> Result<(), ModelError> {
+        match self.quantized_bits() {
+            Some(bits) => Err(ModelError::Config(format!(
+                "the teacher's weights are quantized to {bits} bits, which a student cannot \
+                 train from; start it from the float teacher"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The shared embedding matrix, `[vocab, d_model]`, of a float model.
+    pub fn embedding_weight(&self) -> Option<&Param<Tensor<B, 2>>> {
+        self.embedding.weight()
     }
 }
 
@@ -454,5 +506,10 @@ mod tests {
         )
         .unwrap();
         assert!(student.init_from_teacher(&other_vocab).is_err());
+        let err = student
+            .init_from_teacher(&teacher.quantize(8))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("quantized to 8 bits"), "{err}");
     }
 }

@@ -47,6 +47,7 @@ fn profile<B: AutodiffBackend>(name: &str, device: B::Device) {
         model = optim.step(1e-4, model, grads);
         let _ = model
             .embedding_weight()
+            .expect("a float model")
             .val()
             .slice([0..1, 0..1])
             .into_scalar();

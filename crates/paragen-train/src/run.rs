@@ -292,7 +292,16 @@ pub fn open_run(
                 "--init-from starts a new run; it cannot be combined with --resume".into(),
             ));
         }
-        let source: RunConfig = RunDir::new(from).load_config()?;
+        let source_run = RunDir::new(from);
+        let source: RunConfig = source_run.load_config()?;
+        if let Some(q) = source_run.load_quantization()? {
+            return Err(TrainError::Options(format!(
+                "--init-from {}: its weights are quantized to {} bits, which training \
+                 cannot update; start from the float run it was quantized from",
+                from.display(),
+                q.bits
+            )));
+        }
         if source.kind != config.kind || !same_weight_shapes(&source.model, &config.model) {
             return Err(TrainError::Options(format!(
                 "--init-from {}: it holds a {} model of other shapes than this {} run; \

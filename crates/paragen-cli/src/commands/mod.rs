@@ -7,6 +7,7 @@ mod eval;
 mod pipeline;
 mod prepare;
 mod profile;
+mod quantize;
 mod release;
 mod shortlist;
 mod train;
@@ -31,6 +32,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => run_on(spec, eval::Eval(args))?,
         Command::Tune(args) => run_on(spec, tune::Tune(args))?,
         Command::Shortlist(args) => shortlist::shortlist(&args),
+        Command::Quantize(args) => run_on(spec, quantize::Quantize(args))?,
         Command::Pipeline(args) => pipeline::pipeline(spec, &args),
         Command::Demo(args) => run_on(
             spec,

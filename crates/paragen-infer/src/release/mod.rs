@@ -65,6 +65,9 @@ pub struct ReleaseInfo {
     pub preset: String,
     pub params: usize,
     pub file_bytes: u64,
+    /// Bits of the quantized weights (`paragen quantize`); absent for half precision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantized_bits: Option<u8>,
     pub encoder_layers: usize,
     pub decoder_layers: usize,
     pub d_model: usize,
@@ -239,10 +242,7 @@ pub fn release<B: Backend>(
     out.save_config(&config)?;
     out.save_tokenizer(&source.load_tokenizer()?)?;
     out.save_state(&state)?;
-    match &model {
-        Model::Ar(m) => out.save_module_half::<B, _>("model.mpk", m)?,
-        Model::Nat(m) => out.save_module_half::<B, _>("model.mpk", m)?,
-    }
+    out.save_shipped_model(&model)?;
     // The shortlist ships too: the release is scored (below) and decodes with it.
     out.copy_from(
         &source,
@@ -254,7 +254,7 @@ pub fn release<B: Backend>(
         ],
     )?;
 
-    // Score what ships: the half-precision weights, reloaded.
+    // Score what ships: the half-precision (or quantized) weights, reloaded.
     let (_, shipped) = out.load_model::<B>(device)?;
     let tokenizer = out.load_tokenizer()?;
     let tuned = out.load_tuned_decoding()?;
@@ -386,6 +386,7 @@ fn describe(
         preset: config.preset.clone(),
         params,
         file_bytes: std::fs::metadata(out.path("model.mpk")).map_or(0, |m| m.len()),
+        quantized_bits: out.load_quantization()?.map(|q| q.bits),
         encoder_layers: shapes.encoder_layers,
         decoder_layers: shapes.decoder_layers,
         d_model: shapes.d_model,

@@ -35,9 +35,12 @@ use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
 
 use crate::config::TransformerConfig;
+use crate::dense::Dense;
+use crate::embedding::TiedEmbedding;
 use crate::error::ModelError;
 use crate::layers::{
-    DecoderLayer, EncoderLayer, EncoderOutput, materialize, new_embeddings, padding_mask,
+    DecoderLayer, EncoderLayer, EncoderOutput, map_dense_layers, materialize, new_embeddings,
+    padding_mask,
 };
 use crate::shortlist::Shortlist;
 use crate::teacher::Transformer;
@@ -107,7 +110,7 @@ impl NatConfig {
 /// CMLM non-autoregressive Transformer.
 #[derive(Module, Debug)]
 pub struct NatStudent<B: Backend> {
-    embedding: Embedding<B>,
+    embedding: TiedEmbedding<B>,
     learned_positions: Option<Embedding<B>>,
     encoder: Vec<EncoderLayer<B>>,
     encoder_norm: LayerNorm<B>,
@@ -181,7 +184,7 @@ impl<B: Backend> NatStudent<B> {
     }
 
     pub fn device(&self) -> B::Device {
-        self.embedding.weight.device()
+        self.embedding.device()
     }
 
     /// Token embeddings plus positions from 0, with embedding dropout: the same input
@@ -227,7 +230,7 @@ impl<B: Backend> NatStudent<B> {
         encoded: &EncoderOutput<B>,
         tgt_in: Tensor<B, 2, Int>,
     ) -> Tensor<B, 3> {
-        crate::layers::project(&self.embedding, self.decode_hidden(encoded, tgt_in))
+        self.embedding.project(self.decode_hidden(encoded, tgt_in))
     }
 
     /// The decoder's normalised output before the vocabulary projection,
@@ -270,22 +273,14 @@ impl<B: Backend> NatStudent<B> {
         let device = hidden.device();
         let rows = hidden.reshape([batch * time, d]);
         let special = self.config.transformer.special;
-        let (weight, blank) = match vocabulary {
-            Some(ids) => {
-                let index = Tensor::<B, 1, Int>::from_data(
-                    TensorData::new(ids.iter().map(|&id| i64::from(id)).collect(), [ids.len()])
-                        .convert::<B::IntElem>(),
-                    &device,
-                );
-                let blank = ids
-                    .binary_search(&special.mask)
-                    .expect("an output vocabulary holds every special token");
-                (self.embedding.weight.val().select(0, index), blank)
-            }
-            None => (self.embedding.weight.val(), special.mask as usize),
+        let projection = self.embedding.projection(vocabulary);
+        let blank = match vocabulary {
+            Some(ids) => ids
+                .binary_search(&special.mask)
+                .expect("an output vocabulary holds every special token"),
+            None => special.mask as usize,
         };
-        let weight = weight.transpose();
-        let vocab = weight.dims()[1];
+        let vocab = projection.tokens();
         let positions: Vec<i64> = lengths
             .iter()
             .enumerate()
@@ -300,7 +295,7 @@ impl<B: Backend> NatStudent<B> {
                 TensorData::new(chunk.to_vec(), [chunk.len()]).convert::<B::IntElem>(),
                 &device,
             );
-            let logits = rows.clone().select(0, index).matmul(weight.clone());
+            let logits = projection.apply(rows.clone().select(0, index));
             let mut logits = logits
                 .into_data()
                 .convert::<f32>()
@@ -324,6 +319,7 @@ impl<B: Backend> NatStudent<B> {
     /// first decoder layers, as many as both models have; the rest keep their random
     /// initialisation. Width, heads, feed-forward width and vocabulary must match.
     pub fn init_from_teacher(&mut self, teacher: &Transformer<B>) -> Result<(), ModelError> {
+        teacher.check_float()?;
         self.config
             .transformer
             .check_layers_fit(teacher.config())
@@ -373,9 +369,46 @@ impl<B: Backend> NatStudent<B> {
             .collect()
     }
 
-    /// Number of trainable scalars.
+    /// Number of weights, whether float or quantized.
     pub fn param_count(&self) -> usize {
-        self.num_params()
+        crate::dense::weight_count(self, self.quantized_bits())
+    }
+
+    /// The model with the weights of its attention and feed-forward layers and its
+    /// shared token table quantized to `bits` (8 or 4) and their float copies dropped;
+    /// positions, norms, biases (and a NAT's length classifier) stay float. For
+    /// inference.
+    pub fn quantize(self, bits: u8) -> Self {
+        let model = self.map_dense(&mut |layer| layer.quantize(bits));
+        Self {
+            embedding: model.embedding.quantize(bits),
+            ..model
+        }
+    }
+
+    /// The layout a checkpoint of [`Self::quantize`]`(bits)` loads into.
+    pub fn quantized_layout(self, bits: u8) -> Self {
+        let model = self.map_dense(&mut |layer| layer.quantized_layout(bits));
+        Self {
+            embedding: model.embedding.quantized_layout(bits),
+            ..model
+        }
+    }
+
+    /// The bits of the quantized layers, or `None` for a float model.
+    pub fn quantized_bits(&self) -> Option<u8> {
+        self.encoder
+            .first()
+            .and_then(|layer| layer.quantized_bits())
+    }
+
+    fn map_dense(self, f: &mut impl FnMut(Dense<B>) -> Dense<B>) -> Self {
+        let (encoder, decoder) = map_dense_layers(self.encoder, self.decoder, f);
+        Self {
+            encoder,
+            decoder,
+            ..self
+        }
     }
 }
 
