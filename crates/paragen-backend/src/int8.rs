@@ -204,6 +204,17 @@ impl Int8Weights {
         self.kernel
     }
 
+    /// The weights of `columns` only, in that order (a projection onto a shortlist).
+    pub fn select_columns(&self, columns: &[u32]) -> Self {
+        let values = self
+            .values
+            .chunks_exact(self.d_out)
+            .flat_map(|row| columns.iter().map(|&c| row[c as usize]))
+            .collect();
+        let scales = columns.iter().map(|&c| self.scales[c as usize]).collect();
+        Self::with_kernel(values, scales, self.d_in, columns.len(), self.kernel)
+    }
+
     /// The float weights these values stand for, row-major `[d_in, d_out]`.
     pub fn dequantize(&self) -> Vec<f32> {
         self.values
@@ -513,6 +524,22 @@ mod tests {
             native.matmul(&x, rows, None),
             portable.matmul(&x, rows, None)
         );
+    }
+
+    #[test]
+    fn selected_columns_give_those_columns_of_the_product() {
+        let (rows, d_in, d_out) = (3, 32, 10);
+        let x = pseudo_random(rows * d_in, 7);
+        let (values, scales) = quantize_columns(&pseudo_random(d_in * d_out, 8), d_in, d_out, 8);
+        let weights = Int8Weights::new(values, scales, d_in, d_out);
+        let columns = [0u32, 4, 9];
+        let whole = weights.matmul(&x, rows, None);
+        let picked = weights.select_columns(&columns).matmul(&x, rows, None);
+        for r in 0..rows {
+            for (i, &c) in columns.iter().enumerate() {
+                assert_eq!(picked[r * 3 + i], whole[r * d_out + c as usize]);
+            }
+        }
     }
 
     #[test]

@@ -112,7 +112,7 @@ impl<B: Backend> Dense<B> {
             .bias
             .as_ref()
             .map(|b| host_vec(b.val().into_data().convert::<f32>()));
-        (quantized.host_weights(None), bias)
+        (quantized.host_weights(), bias)
     }
 
     /// The layer with its weight quantized to `bits` (8 or 4) and the float weight dropped.
@@ -193,8 +193,8 @@ impl<B: Backend> QuantizedWeight<B> {
         self.scales.dims()[0]
     }
 
-    /// The weights for the host kernel, of all columns or of `columns` only (in order).
-    pub(crate) fn host_weights(&self, columns: Option<&[u32]>) -> Int8Weights {
+    /// The weights for the host kernel.
+    pub(crate) fn host_weights(&self) -> Int8Weights {
         let d_out = self.d_out();
         let stored: Vec<i8> = host_vec(self.values.val().into_data().convert::<i8>());
         let values = match self.bits {
@@ -202,17 +202,7 @@ impl<B: Backend> QuantizedWeight<B> {
             _ => stored,
         };
         let scales: Vec<f32> = host_vec(self.scales.val().into_data().convert::<f32>());
-        match columns {
-            None => Int8Weights::new(values, scales, self.d_in, d_out),
-            Some(columns) => {
-                let picked = values
-                    .chunks_exact(d_out)
-                    .flat_map(|row| columns.iter().map(|&c| row[c as usize]))
-                    .collect();
-                let scales = columns.iter().map(|&c| scales[c as usize]).collect();
-                Int8Weights::new(picked, scales, self.d_in, columns.len())
-            }
-        }
+        Int8Weights::new(values, scales, self.d_in, d_out)
     }
 
     pub(crate) fn d_in(&self) -> usize {

@@ -122,15 +122,18 @@ impl<B: Backend> TiedEmbedding<B> {
                 };
                 Projection::Float(weight.transpose())
             }
-            (None, Some(quantized)) if int8::runs_on_host::<B>() => match vocabulary {
-                Some(ids) => Projection::Int8(Arc::new(quantized.host_weights(Some(ids)))),
-                None => Projection::Int8(
-                    self.host
-                        .0
-                        .get_or_init(|| Arc::new(quantized.host_weights(None)))
-                        .clone(),
-                ),
-            },
+            (None, Some(quantized)) if int8::runs_on_host::<B>() => {
+                let whole = self
+                    .host
+                    .0
+                    .get_or_init(|| Arc::new(quantized.host_weights()));
+                Projection::Int8(match vocabulary {
+                    // From the host copy: reading the table back per batch cost more
+                    // than the shortlist saved.
+                    Some(ids) => Arc::new(whole.select_columns(ids)),
+                    None => whole.clone(),
+                })
+            }
             (None, Some(quantized)) => Projection::Float(match vocabulary {
                 Some(ids) => quantized.dequantize_columns_on_device(id_tensor(ids, &self.device())),
                 None => quantized.dequantize_on_device(),
