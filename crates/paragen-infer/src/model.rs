@@ -3,6 +3,7 @@
 //! AR or NAT), whatever the backend.
 
 use burn::prelude::*;
+use paragen_models::dense::Quantize;
 use paragen_models::nat::{NatConfig, NatDecoder, NatStudent};
 use paragen_models::{ModelError, Transformer, TransformerConfig};
 use serde::{Deserialize, Serialize};

@@ -16,6 +16,8 @@ use burn::tensor::TensorData;
 use burn::tensor::module::linear;
 use paragen_backend::int8::{self, Int8Weights};
 
+use crate::embedding::TiedEmbedding;
+
 /// `y = x W + b` over the last dimension of `x`.
 #[derive(Module, Debug)]
 pub struct Dense<B: Backend> {
@@ -43,6 +45,36 @@ pub struct QuantizedWeight<B: Backend> {
 /// shared by clones of the layer.
 #[derive(Clone, Debug, Default)]
 struct HostWeights(Arc<OnceLock<(Int8Weights, Option<Vec<f32>>)>>);
+
+/// A model whose dense layers and token table can be quantized (the teacher and the
+/// NAT student): weights to int8 or int4, their float copies dropped; positions, norms,
+/// biases (and a NAT's length classifier) stay float. For inference.
+pub trait Quantize<B: Backend>: Sized {
+    /// The model with `layer` applied to every dense layer and `table` to its token
+    /// table.
+    fn map_weights(
+        self,
+        layer: &mut impl FnMut(Dense<B>) -> Dense<B>,
+        table: impl FnOnce(TiedEmbedding<B>) -> TiedEmbedding<B>,
+    ) -> Self;
+
+    /// The bits of the quantized layers, or `None` for a float model.
+    fn quantized_bits(&self) -> Option<u8>;
+
+    /// The model with its weights quantized to `bits` (8 or 4).
+    fn quantize(self, bits: u8) -> Self {
+        self.map_weights(&mut |layer| layer.quantize(bits), |table| {
+            table.quantize(bits)
+        })
+    }
+
+    /// The layout a checkpoint of [`Quantize::quantize`]`(bits)` loads into.
+    fn quantized_layout(self, bits: u8) -> Self {
+        self.map_weights(&mut |layer| layer.quantized_layout(bits), |table| {
+            table.quantized_layout(bits)
+        })
+    }
+}
 
 /// Bits a quantized weight may have.
 pub const QUANTIZED_BITS: [u8; 2] = [8, 4];

@@ -8,7 +8,7 @@ use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 
 use crate::config::TransformerConfig;
-use crate::dense::Dense;
+use crate::dense::{Dense, Quantize};
 use crate::embedding::TiedEmbedding;
 use crate::error::ModelError;
 use crate::layers::{
@@ -194,43 +194,6 @@ impl<B: Backend> Transformer<B> {
         crate::dense::weight_count(self, self.quantized_bits())
     }
 
-    /// The model with the weights of its attention and feed-forward layers and its
-    /// shared token table quantized to `bits` (8 or 4) and their float copies dropped;
-    /// positions, norms, biases (and a NAT's length classifier) stay float. For
-    /// inference.
-    pub fn quantize(self, bits: u8) -> Self {
-        let model = self.map_dense(&mut |layer| layer.quantize(bits));
-        Self {
-            embedding: model.embedding.quantize(bits),
-            ..model
-        }
-    }
-
-    /// The layout a checkpoint of [`Self::quantize`]`(bits)` loads into.
-    pub fn quantized_layout(self, bits: u8) -> Self {
-        let model = self.map_dense(&mut |layer| layer.quantized_layout(bits));
-        Self {
-            embedding: model.embedding.quantized_layout(bits),
-            ..model
-        }
-    }
-
-    /// The bits of the quantized layers, or `None` for a float model.
-    pub fn quantized_bits(&self) -> Option<u8> {
-        self.encoder
-            .first()
-            .and_then(|layer| layer.quantized_bits())
-    }
-
-    fn map_dense(self, f: &mut impl FnMut(Dense<B>) -> Dense<B>) -> Self {
-        let (encoder, decoder) = map_dense_layers(self.encoder, self.decoder, f);
-        Self {
-            encoder,
-            decoder,
-            ..self
-        }
-    }
-
     /// Starts an AR student from its teacher's weights: the shared embedding and the
     /// first encoder and decoder layers, as many as both have (a deep-encoder student
     /// keeps its extra encoder layers random). Widths and vocabulary must match.
@@ -318,6 +281,28 @@ impl<B: Backend> Transformer<B> {
     /// The shared embedding matrix, `[vocab, d_model]`, of a float model.
     pub fn embedding_weight(&self) -> Option<&Param<Tensor<B, 2>>> {
         self.embedding.weight()
+    }
+}
+
+impl<B: Backend> Quantize<B> for Transformer<B> {
+    fn map_weights(
+        self,
+        layer: &mut impl FnMut(Dense<B>) -> Dense<B>,
+        table: impl FnOnce(TiedEmbedding<B>) -> TiedEmbedding<B>,
+    ) -> Self {
+        let (encoder, decoder) = map_dense_layers(self.encoder, self.decoder, layer);
+        Self {
+            embedding: table(self.embedding),
+            encoder,
+            decoder,
+            ..self
+        }
+    }
+
+    fn quantized_bits(&self) -> Option<u8> {
+        self.encoder
+            .first()
+            .and_then(|layer| layer.quantized_bits())
     }
 }
 
