@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod compress;
-pub use compress::{QuantizeArgs, ShortlistArgs};
+pub use compress::{PruneArgs, QuantizeArgs, ShortlistArgs};
 
 #[derive(Parser)]
 #[command(
@@ -84,6 +84,10 @@ pub enum Command {
     /// release files, and on x86 CPUs the products run in integers (AVX-512 VNNI where
     /// the CPU has it).
     Quantize(QuantizeArgs),
+    /// Prune a float run structurally: remove the least important attention heads and
+    /// feed-forward neurons (and chosen layers), so that its matrices are smaller, then
+    /// fine-tune it to recover (word-level KD from the unpruned model for AR models).
+    Prune(PruneArgs),
     /// Show the shipped release models: evaluate every model in `models/` on the test
     /// split and print BLEU, chrF and speed side by side, with example translations.
     Demo(DemoArgs),

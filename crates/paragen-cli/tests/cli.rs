@@ -598,6 +598,146 @@ fn distill_train_students_and_decode_them_every_way() {
 }
 
 #[test]
+fn prune_removes_heads_neurons_and_layers_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus_slice(dir.path(), 300);
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (data, teacher, pruned) = (path("data"), path("teacher"), path("pruned"));
+    ok(&paragen(&[
+        "prepare",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--out",
+        &data,
+        "--vocab-size",
+        "400",
+    ]));
+    ok(&paragen(&[
+        "train-teacher",
+        "--preset",
+        "tiny",
+        "--data",
+        &data,
+        "--out",
+        &teacher,
+        "--epochs",
+        "1",
+    ]));
+    let out = paragen(&[
+        "prune",
+        "--model",
+        &teacher,
+        "--out",
+        &pruned,
+        "--heads",
+        "0.5",
+        "--ffn",
+        "0.3",
+        "--drop-layers",
+        "encoder.0",
+        "--recover-minutes",
+        "0.02",
+    ]);
+    ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    // Tiny: 2+2 layers of 4 heads (decoder layers have two attentions); half of the 20
+    // heads of the layers that stay go.
+    assert!(
+        stdout.contains("heads 24 -> 10") && stdout.contains("layers 4 -> 3"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("fine-tuned"), "{stdout}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("pruned/run.json")).unwrap())
+            .unwrap();
+    let shapes = &config["model"]["ar"];
+    assert_eq!(shapes["encoder_layers"], 1);
+    assert_eq!(shapes["pruned"]["encoder"].as_array().unwrap().len(), 1);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("pruned/prune.json")).unwrap())
+            .unwrap();
+    assert!(
+        record["parameters"]["after"].as_u64() < record["parameters"]["before"].as_u64(),
+        "{record}"
+    );
+    let out = paragen(&["eval", "--model", &pruned, "--json", "--limit", "10"]);
+    ok(&out);
+    // An interrupted or short recovery continues; the pruned run quantizes like any run.
+    ok(&paragen(&[
+        "prune",
+        "--out",
+        &pruned,
+        "--resume",
+        "--recover-minutes",
+        "0.02",
+    ]));
+    let out = paragen(&[
+        "prune",
+        "--model",
+        &pruned,
+        "--out",
+        &path("again"),
+        "--heads",
+        "0.2",
+    ]);
+    ok(&out);
+    ok(&paragen(&[
+        "quantize",
+        "--model",
+        &pruned,
+        "--out",
+        &path("pruned-q8"),
+    ]));
+    ok(&paragen(&[
+        "eval",
+        "--model",
+        &path("pruned-q8"),
+        "--limit",
+        "5",
+    ]));
+    assert!(dir.path().join("pruned-q8/prune.json").exists());
+
+    // Bad requests name the value.
+    for (args, message) in [
+        (&["--heads", "1"][..], "not below 1"),
+        (&["--drop-layers", "decoder.7"][..], "has 2 layers"),
+        (
+            &["--drop-layers", "middle.0"][..],
+            "not `encoder` or `decoder`",
+        ),
+        (
+            &["--drop-layers", "decoder.0,decoder.1"][..],
+            "every decoder layer",
+        ),
+        (&["--heads", "0.99"][..], "keep one in every attention"),
+    ] {
+        let out = paragen(
+            &[
+                &["prune", "--model", &teacher, "--out", &path("bad")][..],
+                args,
+            ]
+            .concat(),
+        );
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
+    }
+    let out = paragen(&[
+        "prune",
+        "--model",
+        &path("pruned-q8"),
+        "--out",
+        &path("bad"),
+        "--heads",
+        "0.2",
+    ]);
+    assert!(
+        stderr(&out).contains("prune its float source"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn a_decode_that_cannot_fit_in_memory_is_refused_before_it_starts() {
     // 4096 long sentences at beam 64 with the shipped teacher: hundreds of GiB of KV
     // cache. Without the estimate this was OOM-killed after filling the machine.

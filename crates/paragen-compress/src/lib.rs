@@ -13,7 +13,9 @@
 //! - [`quantize`]: post-training int8 / int4 weight quantization of a run, written as a
 //!   new run that every command reads and that multiplies in integers on the CPU.
 //!
-//! Pruning will join as a sibling module.
+//! - [`prune`]: structured pruning (attention heads, feed-forward neurons, layers) by
+//!   gate-gradient importance, written as a new run with smaller matrices, then
+//!   recovery fine-tuning (word-level KD from the unpruned model for AR models).
 //!
 //! **Depends on:** paragen-data, paragen-models, paragen-infer (models, translation,
 //! progress), paragen-train (the training objective trait), burn; paragen-backend in
@@ -22,11 +24,13 @@
 //! and progress bars.
 
 pub mod distill;
+pub mod prune;
 pub mod quantize;
 pub mod shortlist;
 
 pub use distill::{
     DistillError, DistillOptions, DistillReport, WordKd, distill_corpus, word_kd_loss,
 };
+pub use prune::{LayerRef, PruneError, PruneRecord, PruneSpec, RecoverOptions, prune_run, recover};
 pub use quantize::{QuantizeError, QuantizeReport, quantize_run};
 pub use shortlist::{ShortlistConfig, learn_shortlist};

@@ -57,6 +57,7 @@ pub mod translate;
 pub mod tune;
 
 pub use checkpoint::Checkpoint;
+pub use derived::{PRUNE_FILE, write_pruned_run};
 pub use loaded::{LoadedRun, OpenError};
 pub use metrics::{Bleu, corpus_bleu, corpus_chrf};
 pub use quantized::{QUANTIZATION_FILE, Quantization, write_quantized_run};

@@ -228,7 +228,8 @@ impl RunDir {
         Ok(fsio::read_file(&path)?)
     }
 
-    pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    /// A JSON file of the run, parsed; a missing or malformed file names its path.
+    pub fn read_json<T: serde::de::DeserializeOwned>(
         &self,
         file: &str,
     ) -> Result<T, CheckpointError> {
@@ -249,11 +250,8 @@ impl RunDir {
         Ok(())
     }
 
-    pub(crate) fn write_json<T: Serialize>(
-        &self,
-        file: &str,
-        value: &T,
-    ) -> Result<(), CheckpointError> {
+    /// Writes a JSON file of the run atomically.
+    pub fn write_json<T: Serialize>(&self, file: &str, value: &T) -> Result<(), CheckpointError> {
         let json = serde_json::to_vec_pretty(value).expect("run files serialize");
         Ok(fsio::write_atomic(&self.path(file), &json)?)
     }

@@ -38,6 +38,33 @@ pub struct TransformerConfig {
     pub positions: PositionKind,
     /// Ids of pad, BOS, EOS, UNK and mask in the tokenizer.
     pub special: SpecialTokens,
+    /// The widths of every layer of a structurally pruned model (`paragen prune`);
+    /// absent, every layer has `n_heads` heads and `d_ff` neurons. Heads keep their
+    /// width `d_model / n_heads` either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<PrunedWidths>,
+}
+
+/// The heads and feed-forward neurons one encoder layer keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncoderWidths {
+    pub heads: usize,
+    pub d_ff: usize,
+}
+
+/// The heads (self- and cross-attention) and neurons one decoder layer keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecoderWidths {
+    pub self_heads: usize,
+    pub cross_heads: usize,
+    pub d_ff: usize,
+}
+
+/// Per-layer widths of a pruned model, one entry per layer that is left.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrunedWidths {
+    pub encoder: Vec<EncoderWidths>,
+    pub decoder: Vec<DecoderWidths>,
 }
 
 impl TransformerConfig {
@@ -57,6 +84,7 @@ impl TransformerConfig {
             max_positions: 256,
             positions: PositionKind::Sinusoidal,
             special,
+            pruned: None,
         }
     }
 
@@ -87,24 +115,66 @@ impl TransformerConfig {
         }
     }
 
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_heads.max(1)
+    }
+
+    /// The widths of each encoder layer (all the same unless the model was pruned).
+    pub fn encoder_widths(&self) -> Vec<EncoderWidths> {
+        match &self.pruned {
+            Some(p) => p.encoder.clone(),
+            None => vec![
+                EncoderWidths {
+                    heads: self.n_heads,
+                    d_ff: self.d_ff,
+                };
+                self.encoder_layers
+            ],
+        }
+    }
+
+    /// The widths of each decoder layer (all the same unless the model was pruned).
+    pub fn decoder_widths(&self) -> Vec<DecoderWidths> {
+        match &self.pruned {
+            Some(p) => p.decoder.clone(),
+            None => vec![
+                DecoderWidths {
+                    self_heads: self.n_heads,
+                    cross_heads: self.n_heads,
+                    d_ff: self.d_ff,
+                };
+                self.decoder_layers
+            ],
+        }
+    }
+
     /// Floating-point operations (multiply and add counted separately) of one
     /// teacher-forced forward pass over `batch` sentences of `src_len` source and
     /// `tgt_len` target tokens: the matrix products, which dominate everything else.
     pub fn forward_flops(&self, batch: usize, src_len: usize, tgt_len: usize) -> f64 {
         let (b, s, t) = (batch as f64, src_len as f64, tgt_len as f64);
-        let (d, ff, v) = (
-            self.d_model as f64,
-            self.d_ff as f64,
-            self.vocab_size as f64,
-        );
-        let projections = 4.0 * d * d;
-        let ffn = 2.0 * d * ff;
+        let (d, v) = (self.d_model as f64, self.vocab_size as f64);
+        let inner = |heads: usize| (heads * self.head_dim()) as f64;
         // Per token: q/k/v/o projections and FFN; per query: scores and weighted sum.
-        let encoder = self.encoder_layers as f64 * (s * (projections + ffn) + 2.0 * s * s * d);
-        let decoder = self.decoder_layers as f64
-            * (t * (projections + ffn) + 2.0 * t * t * d
-                // cross-attention: q/o on targets, k/v on sources, scores over sources
-                + 2.0 * t * d * d + 2.0 * s * d * d + 2.0 * t * s * d);
+        let encoder: f64 = self
+            .encoder_widths()
+            .iter()
+            .map(|w| {
+                let a = inner(w.heads);
+                s * (4.0 * d * a + 2.0 * d * w.d_ff as f64) + 2.0 * s * s * a
+            })
+            .sum();
+        let decoder: f64 = self
+            .decoder_widths()
+            .iter()
+            .map(|w| {
+                let (a, c) = (inner(w.self_heads), inner(w.cross_heads));
+                t * (4.0 * d * a + 2.0 * d * w.d_ff as f64) + 2.0 * t * t * a
+                    // cross-attention: q/o on targets, k/v on sources, scores over sources
+                    + 2.0 * t * d * c + 2.0 * s * d * c + 2.0 * t * s * c
+            })
+            .sum();
         let output = t * d * v;
         2.0 * b * (encoder + decoder + output)
     }
@@ -131,6 +201,11 @@ impl TransformerConfig {
     /// same vocabulary, width, heads, feed-forward width and position encoding (layer
     /// counts may differ).
     pub fn check_layers_fit(&self, other: &TransformerConfig) -> Result<(), String> {
+        if self.pruned.is_some() || other.pruned.is_some() {
+            return Err(
+                "cannot copy layers to or from a pruned model: its layers have other widths".into(),
+            );
+        }
         let key = |c: &TransformerConfig| (c.vocab_size, c.d_model, c.n_heads, c.d_ff, c.positions);
         if key(self) != key(other) {
             return Err(format!(
@@ -200,6 +275,9 @@ impl TransformerConfig {
                 self.d_model, self.n_heads
             ));
         }
+        if let Some(pruned) = &self.pruned {
+            self.validate_pruned(pruned)?;
+        }
         if !self.d_model.is_multiple_of(2) {
             return Err(format!("d_model ({}) must be even", self.d_model));
         }
@@ -213,6 +291,53 @@ impl TransformerConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("dropout {} must be in [0, 1)", self.dropout));
+        }
+        Ok(())
+    }
+}
+
+impl TransformerConfig {
+    /// A pruned model has one width entry per layer, and at least one and at most the
+    /// unpruned count of heads and neurons in each.
+    fn validate_pruned(&self, pruned: &PrunedWidths) -> Result<(), String> {
+        let counts = [
+            ("encoder", pruned.encoder.len(), self.encoder_layers),
+            ("decoder", pruned.decoder.len(), self.decoder_layers),
+        ];
+        for (stack, widths, layers) in counts {
+            if widths != layers {
+                return Err(format!(
+                    "`pruned` lists {widths} {stack} layers, and the model has {layers}"
+                ));
+            }
+        }
+        let check = |what: &str, layer: usize, value: usize, max: usize| {
+            if (1..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{what} of layer {layer} is {value}; it must be between 1 and {max}"
+                ))
+            }
+        };
+        for (i, w) in pruned.encoder.iter().enumerate() {
+            check("encoder heads", i, w.heads, self.n_heads)?;
+            check("encoder d_ff", i, w.d_ff, self.d_ff)?;
+        }
+        for (i, w) in pruned.decoder.iter().enumerate() {
+            check(
+                "decoder self-attention heads",
+                i,
+                w.self_heads,
+                self.n_heads,
+            )?;
+            check(
+                "decoder cross-attention heads",
+                i,
+                w.cross_heads,
+                self.n_heads,
+            )?;
+            check("decoder d_ff", i, w.d_ff, self.d_ff)?;
         }
         Ok(())
     }

@@ -177,6 +177,77 @@ impl<B: Backend> Dense<B> {
     }
 }
 
+/// Structured pruning: a float layer keeps some of its inputs or outputs.
+impl<B: Backend> Dense<B> {
+    fn float_weight(&self) -> &Param<Tensor<B, 2>> {
+        self.weight
+            .as_ref()
+            .expect("only float layers are pruned (prune, then quantize)")
+    }
+
+    /// The layer with only the output columns `columns` (and their biases).
+    pub fn keep_outputs(self, columns: &[usize]) -> Self {
+        let weight = self.float_weight().val();
+        let ids = crate::embedding::index_tensor::<B>(columns, &weight.device());
+        Self {
+            weight: Some(Param::from_tensor(weight.select(1, ids.clone()).detach())),
+            bias: self
+                .bias
+                .map(|b| Param::from_tensor(b.val().select(0, ids).detach())),
+            quantized: None,
+            host: HostWeights::default(),
+        }
+    }
+
+    /// The layer reading only the inputs `rows` (the bias is unchanged).
+    pub fn keep_inputs(self, rows: &[usize]) -> Self {
+        let weight = self.float_weight().val();
+        let ids = crate::embedding::index_tensor::<B>(rows, &weight.device());
+        Self {
+            weight: Some(Param::from_tensor(weight.select(0, ids).detach())),
+            bias: self.bias,
+            quantized: None,
+            host: HostWeights::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl<B: Backend> Dense<B> {
+    /// The layer with inputs `rows` scaled by `factor`: a gate on what feeds them.
+    pub(crate) fn scale_inputs(self, rows: &[usize], factor: f32) -> Self {
+        let weight = self.float_weight().val();
+        let mut gates = vec![1.0f32; weight.dims()[0]];
+        rows.iter().for_each(|&r| gates[r] = factor);
+        let gates =
+            Tensor::<B, 1>::from_data(TensorData::new(gates, [weight.dims()[0]]), &weight.device());
+        Self {
+            weight: Some(Param::from_tensor(
+                (weight * gates.unsqueeze_dim(1)).detach(),
+            )),
+            ..self
+        }
+    }
+}
+
+impl<B: burn::tensor::backend::AutodiffBackend> Dense<B> {
+    /// Per input `i`, `sum_j W[i, j] * dL/dW[i, j]`: the first-order change of the loss
+    /// if input `i` were scaled by a gate, i.e. `dL/dgate` at gate 1 (Michel et al.
+    /// 2019). Zero when the weight received no gradient.
+    pub fn input_gate_gradients(&self, grads: &B::Gradients) -> Vec<f32> {
+        let weight = self.float_weight();
+        match weight.grad(grads) {
+            Some(grad) => host_vec(
+                (weight.val().inner() * grad)
+                    .sum_dim(1)
+                    .into_data()
+                    .convert::<f32>(),
+            ),
+            None => vec![0.0; self.d_in()],
+        }
+    }
+}
+
 impl<B: Backend> QuantizedWeight<B> {
     /// `weight` (`[d_in, d_out]`) quantized to `bits`, one scale per column.
     pub(crate) fn from_float(weight: Tensor<B, 2>, bits: u8) -> Self {

@@ -184,6 +184,15 @@ fn id_tensor<B: Backend>(ids: &[u32], device: &B::Device) -> Tensor<B, 1, Int> {
     )
 }
 
+/// `indices` as a 1-d integer tensor, e.g. for `select`.
+pub(crate) fn index_tensor<B: Backend>(indices: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+    Tensor::from_data(
+        burn::tensor::TensorData::new(indices.iter().map(|&i| i as i64).collect(), [indices.len()])
+            .convert::<B::IntElem>(),
+        device,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,10 @@ use burn::nn::{
 };
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use burn::tensor::activation::{relu, softmax};
+use burn::tensor::activation::relu;
 
+pub use crate::attention::MultiHeadAttention;
+use crate::config::{DecoderWidths, EncoderWidths, TransformerConfig};
 use crate::dense::Dense;
 use crate::embedding::TiedEmbedding;
 
@@ -48,6 +50,27 @@ pub(crate) fn copy_layers<L: Clone>(to: &mut [L], from: &[L]) {
     for (to, from) in to.iter_mut().zip(from) {
         *to = from.clone();
     }
+}
+
+/// The encoder and decoder layers of a model of `config`'s shapes (a pruned model's
+/// widths per layer).
+pub(crate) fn new_stacks<B: Backend>(
+    config: &TransformerConfig,
+    device: &B::Device,
+) -> (Vec<EncoderLayer<B>>, Vec<DecoderLayer<B>>) {
+    let (d, d_head, dropout) = (config.d_model, config.head_dim(), config.dropout);
+    (
+        config
+            .encoder_widths()
+            .into_iter()
+            .map(|w| EncoderLayer::new(d, d_head, w, dropout, device))
+            .collect(),
+        config
+            .decoder_widths()
+            .into_iter()
+            .map(|w| DecoderLayer::new(d, d_head, w, dropout, device))
+            .collect(),
+    )
 }
 
 /// The input side every paragen model shares: one embedding table for source, target
@@ -127,107 +150,6 @@ pub(crate) fn map_dense_layers<B: Backend>(
     )
 }
 
-/// Value added to the attention scores of masked positions (large but finite, so a fully
-/// masked row still gives a defined softmax).
-const MASKED_SCORE: f32 = -1.0e9;
-
-/// Multi-head scaled dot-product attention (Vaswani et al. 2017, section 3.2).
-#[derive(Module, Debug)]
-pub struct MultiHeadAttention<B: Backend> {
-    query: Dense<B>,
-    key: Dense<B>,
-    value: Dense<B>,
-    output: Dense<B>,
-    dropout: Dropout,
-    n_heads: usize,
-}
-
-impl<B: Backend> MultiHeadAttention<B> {
-    pub(crate) fn map_dense(self, f: &mut impl FnMut(Dense<B>) -> Dense<B>) -> Self {
-        Self {
-            query: f(self.query),
-            key: f(self.key),
-            value: f(self.value),
-            output: f(self.output),
-            ..self
-        }
-    }
-
-    pub fn new(d_model: usize, n_heads: usize, dropout: f64, device: &B::Device) -> Self {
-        let linear = || Dense::new(d_model, d_model, device);
-        Self {
-            query: linear(),
-            key: linear(),
-            value: linear(),
-            output: linear(),
-            dropout: DropoutConfig::new(dropout).init(),
-            n_heads,
-        }
-    }
-
-    /// `[batch, time, d_model]` to `[batch, heads, time, d_head]`.
-    fn split_heads(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
-        let [batch, time, d_model] = x.dims();
-        x.reshape([batch, time, self.n_heads, d_model / self.n_heads])
-            .swap_dims(1, 2)
-    }
-
-    /// Projects the inputs of keys and values once, e.g. to fill a cache.
-    ///
-    /// # Shapes
-    /// - `x`: `[batch, time, d_model]`; returns keys and values `[batch, heads, time, d_head]`.
-    pub fn project_kv(&self, x: Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        (
-            self.split_heads(self.key.forward(x.clone())),
-            self.split_heads(self.value.forward(x)),
-        )
-    }
-
-    /// Attends from `x` over already projected keys and values.
-    ///
-    /// # Shapes
-    /// - `x`: `[batch, q_time, d_model]`
-    /// - `keys`, `values`: `[batch, heads, k_time, d_head]`
-    /// - `mask`: `[batch, q_time or 1, k_time]`, true where attention is forbidden
-    /// - returns `[batch, q_time, d_model]`
-    pub fn attend(
-        &self,
-        x: Tensor<B, 3>,
-        keys: Tensor<B, 4>,
-        values: Tensor<B, 4>,
-        mask: Option<Tensor<B, 3, Bool>>,
-    ) -> Tensor<B, 3> {
-        let [batch, q_time, d_model] = x.dims();
-        let d_head = d_model / self.n_heads;
-        let k_time = keys.dims()[2];
-        // Scaled before the head split, while the tensor is still contiguous.
-        let q = self.split_heads(self.query.forward(x) * (1.0 / (d_head as f64).sqrt()));
-        let mut scores = q.matmul(keys.swap_dims(2, 3));
-        if let Some(mask) = mask {
-            let mask = mask
-                .unsqueeze_dim::<4>(1)
-                .expand([batch, self.n_heads, q_time, k_time]);
-            scores = scores.mask_fill(mask, MASKED_SCORE);
-        }
-        // Not burn's fused `attention` op at inference: on flex it runs one (batch, head)
-        // at a time on one core, and measured 10-20% slower here than these batched ops.
-        let context = self.dropout.forward(softmax(scores, 3)).matmul(values);
-        let context = context.swap_dims(1, 2).reshape([batch, q_time, d_model]);
-        self.output.forward(context)
-    }
-
-    /// Attention of `x` over `memory` (self-attention when they are the same tensor).
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        memory: Tensor<B, 3>,
-        mask: Option<Tensor<B, 3, Bool>>,
-    ) -> Tensor<B, 3> {
-        let (keys, values) = self.project_kv(memory);
-        self.attend(x, keys, values, mask)
-    }
-}
-
 /// Position-wise feed-forward block: `Linear -> ReLU -> dropout -> Linear`.
 #[derive(Module, Debug)]
 pub struct FeedForward<B: Backend> {
@@ -250,6 +172,15 @@ impl<B: Backend> FeedForward<B> {
             inner: Dense::new(d_model, d_ff, device),
             outer: Dense::new(d_ff, d_model, device),
             dropout: DropoutConfig::new(dropout).init(),
+        }
+    }
+
+    /// The block with only the hidden neurons `neurons`.
+    pub(crate) fn keep_neurons(self, neurons: &[usize]) -> Self {
+        Self {
+            inner: self.inner.keep_outputs(neurons),
+            outer: self.outer.keep_inputs(neurons),
+            ..self
         }
     }
 
@@ -292,7 +223,7 @@ pub struct EncoderLayer<B: Backend> {
 
 impl<B: Backend> EncoderLayer<B> {
     pub(crate) fn quantized_bits(&self) -> Option<u8> {
-        self.attention.query.quantized_bits()
+        self.attention.quantized_bits()
     }
 
     pub(crate) fn map_dense(self, f: &mut impl FnMut(Dense<B>) -> Dense<B>) -> Self {
@@ -305,17 +236,33 @@ impl<B: Backend> EncoderLayer<B> {
 
     pub fn new(
         d_model: usize,
-        n_heads: usize,
-        d_ff: usize,
+        d_head: usize,
+        widths: EncoderWidths,
         dropout: f64,
         device: &B::Device,
     ) -> Self {
         Self {
             attention_norm: LayerNormConfig::new(d_model).init(device),
-            attention: MultiHeadAttention::new(d_model, n_heads, dropout, device),
+            attention: MultiHeadAttention::new(d_model, widths.heads, d_head, dropout, device),
             ffn_norm: LayerNormConfig::new(d_model).init(device),
-            ffn: FeedForward::new(d_model, d_ff, dropout, device),
+            ffn: FeedForward::new(d_model, widths.d_ff, dropout, device),
             dropout: DropoutConfig::new(dropout).init(),
+        }
+    }
+
+    pub fn widths(&self) -> EncoderWidths {
+        EncoderWidths {
+            heads: self.attention.n_heads(),
+            d_ff: self.ffn.inner.d_out(),
+        }
+    }
+
+    /// The layer with only the heads and feed-forward neurons named.
+    pub(crate) fn keep(self, heads: &[usize], neurons: &[usize]) -> Self {
+        Self {
+            attention: self.attention.keep_heads(heads),
+            ffn: self.ffn.keep_neurons(neurons),
+            ..self
         }
     }
 
@@ -389,19 +336,44 @@ impl<B: Backend> DecoderLayer<B> {
 
     pub fn new(
         d_model: usize,
-        n_heads: usize,
-        d_ff: usize,
+        d_head: usize,
+        widths: DecoderWidths,
         dropout: f64,
         device: &B::Device,
     ) -> Self {
+        let attention = |heads| MultiHeadAttention::new(d_model, heads, d_head, dropout, device);
         Self {
             self_norm: LayerNormConfig::new(d_model).init(device),
-            self_attention: MultiHeadAttention::new(d_model, n_heads, dropout, device),
+            self_attention: attention(widths.self_heads),
             cross_norm: LayerNormConfig::new(d_model).init(device),
-            cross_attention: MultiHeadAttention::new(d_model, n_heads, dropout, device),
+            cross_attention: attention(widths.cross_heads),
             ffn_norm: LayerNormConfig::new(d_model).init(device),
-            ffn: FeedForward::new(d_model, d_ff, dropout, device),
+            ffn: FeedForward::new(d_model, widths.d_ff, dropout, device),
             dropout: DropoutConfig::new(dropout).init(),
+        }
+    }
+
+    pub fn widths(&self) -> DecoderWidths {
+        DecoderWidths {
+            self_heads: self.self_attention.n_heads(),
+            cross_heads: self.cross_attention.n_heads(),
+            d_ff: self.ffn.inner.d_out(),
+        }
+    }
+
+    /// The layer with only the self- and cross-attention heads and the feed-forward
+    /// neurons named.
+    pub(crate) fn keep(
+        self,
+        self_heads: &[usize],
+        cross_heads: &[usize],
+        neurons: &[usize],
+    ) -> Self {
+        Self {
+            self_attention: self.self_attention.keep_heads(self_heads),
+            cross_attention: self.cross_attention.keep_heads(cross_heads),
+            ffn: self.ffn.keep_neurons(neurons),
+            ..self
         }
     }
 
@@ -479,6 +451,66 @@ impl<B: Backend> DecoderLayer<B> {
     }
 }
 
+/// Gate gradients (`dL/dgate`, see [`Dense::input_gate_gradients`]) of a layer's prunable
+/// units: its attention heads and feed-forward neurons.
+impl<B: burn::tensor::backend::AutodiffBackend> EncoderLayer<B> {
+    /// Per head, then per feed-forward neuron.
+    pub(crate) fn gate_gradients(&self, grads: &B::Gradients) -> (Vec<f32>, Vec<f32>) {
+        (
+            self.attention.head_gate_gradients(grads),
+            self.ffn.outer.input_gate_gradients(grads),
+        )
+    }
+}
+
+impl<B: burn::tensor::backend::AutodiffBackend> DecoderLayer<B> {
+    /// Per self-attention head, per cross-attention head, per feed-forward neuron.
+    pub(crate) fn gate_gradients(&self, grads: &B::Gradients) -> [Vec<f32>; 3] {
+        [
+            self.self_attention.head_gate_gradients(grads),
+            self.cross_attention.head_gate_gradients(grads),
+            self.ffn.outer.input_gate_gradients(grads),
+        ]
+    }
+}
+
+/// Gates on heads and neurons (their outputs scaled by `factor`), for tests of pruning
+/// and importance: a gate of 0 must equal removing the unit.
+#[cfg(test)]
+impl<B: Backend> EncoderLayer<B> {
+    pub(crate) fn gate(self, heads: &[usize], neurons: &[usize], factor: f32) -> Self {
+        Self {
+            attention: self.attention.gate_heads(heads, factor),
+            ffn: FeedForward {
+                outer: self.ffn.outer.scale_inputs(neurons, factor),
+                ..self.ffn
+            },
+            ..self
+        }
+    }
+}
+
+#[cfg(test)]
+impl<B: Backend> DecoderLayer<B> {
+    pub(crate) fn gate(
+        self,
+        self_heads: &[usize],
+        cross_heads: &[usize],
+        neurons: &[usize],
+        factor: f32,
+    ) -> Self {
+        Self {
+            self_attention: self.self_attention.gate_heads(self_heads, factor),
+            cross_attention: self.cross_attention.gate_heads(cross_heads, factor),
+            ffn: FeedForward {
+                outer: self.ffn.outer.scale_inputs(neurons, factor),
+                ..self.ffn
+            },
+            ..self
+        }
+    }
+}
+
 /// `[1, t, t]` mask that forbids attending to later positions.
 pub fn causal_mask<B: Backend>(time: usize, device: &B::Device) -> Tensor<B, 3, Bool> {
     // burn's `tril_mask` is true *outside* the lower triangle, i.e. on future positions.
@@ -525,21 +557,5 @@ mod tests {
         for (a, b) in v.iter().zip(expect) {
             assert!((f64::from(*a) - b).abs() < 1e-5, "{v:?}");
         }
-    }
-
-    #[test]
-    fn masked_keys_get_no_attention_weight() {
-        let device = Default::default();
-        let attn = MultiHeadAttention::<B>::new(8, 2, 0.0, &device);
-        let x = Tensor::<B, 3>::random([1, 3, 8], burn::tensor::Distribution::Default, &device);
-        let mut other = x.clone();
-        // Change only the masked (last) key position: the output must not move.
-        other = other.slice_assign([0..1, 2..3, 0..8], Tensor::ones([1, 1, 8], &device));
-        let mask =
-            Tensor::<B, 3, Bool>::from_data(TensorData::from([[[false, false, true]]]), &device);
-        let a = attn.forward(x.clone(), x.clone(), Some(mask.clone()));
-        let b = attn.forward(x.clone(), other, Some(mask));
-        a.into_data()
-            .assert_approx_eq::<f32>(&b.into_data(), burn::tensor::Tolerance::default());
     }
 }

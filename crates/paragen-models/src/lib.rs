@@ -5,8 +5,11 @@
 //! - [`dense`]: the linear layer of every model, float or quantized (int8, int4);
 //! - [`embedding`]: the token table every model shares between its inputs and its
 //!   output projection, float or quantized;
-//! - [`layers`]: multi-head attention with a real KV cache, feed-forward blocks,
-//!   positional encodings, pre-norm encoder and decoder layers;
+//! - [`attention`]: multi-head attention, its projections reusable by a KV cache;
+//! - [`layers`]: feed-forward blocks, positional encodings, pre-norm encoder and
+//!   decoder layers with a real KV cache;
+//! - [`prune`]: structured pruning (heads, neurons, layers) and the gate gradients
+//!   that rank them;
 //! - [`teacher`]: the autoregressive encoder-decoder (Vaswani et al. 2017, pre-norm,
 //!   shared embeddings), with full-sequence and cached step-by-step decoding;
 //! - [`decoding`]: batched greedy and beam search on the KV cache;
@@ -21,6 +24,7 @@
 //! int8 kernel of quantized layers), burn. **Invariant:** never reads or writes files and never prints; models are generic
 //! over `B: Backend`.
 
+pub mod attention;
 pub mod config;
 pub mod decoding;
 pub mod dense;
@@ -29,6 +33,7 @@ pub mod error;
 pub mod layers;
 pub mod loss;
 pub mod nat;
+pub mod prune;
 pub mod shortlist;
 pub mod teacher;
 

@@ -13,8 +13,9 @@ use crate::embedding::TiedEmbedding;
 use crate::error::ModelError;
 use crate::layers::{
     DecoderLayer, DecoderLayerCache, EncoderLayer, EncoderOutput, causal_mask, copy_layers,
-    map_dense_layers, materialize, new_embeddings, padding_mask,
+    map_dense_layers, materialize, new_embeddings, new_stacks, padding_mask,
 };
+use crate::prune::Prune;
 
 /// Incremental decoding state: one KV cache per decoder layer.
 #[derive(Clone, Debug)]
@@ -76,17 +77,13 @@ impl<B: Backend> Transformer<B> {
         config.validate().map_err(ModelError::Config)?;
         let d = config.d_model;
         let (embedding, learned_positions) = new_embeddings(config, device);
-        let layer_args = (config.n_heads, config.d_ff, config.dropout);
+        let (encoder, decoder) = new_stacks(config, device);
         Ok(materialize(Self {
             embedding,
             learned_positions,
-            encoder: (0..config.encoder_layers)
-                .map(|_| EncoderLayer::new(d, layer_args.0, layer_args.1, layer_args.2, device))
-                .collect(),
+            encoder,
             encoder_norm: LayerNormConfig::new(d).init(device),
-            decoder: (0..config.decoder_layers)
-                .map(|_| DecoderLayer::new(d, layer_args.0, layer_args.1, layer_args.2, device))
-                .collect(),
+            decoder,
             decoder_norm: LayerNormConfig::new(d).init(device),
             dropout: DropoutConfig::new(config.dropout).init(),
             config: config.clone(),
@@ -303,6 +300,30 @@ impl<B: Backend> Quantize<B> for Transformer<B> {
         self.encoder
             .first()
             .and_then(|layer| layer.quantized_bits())
+    }
+}
+
+impl<B: Backend> Prune<B> for Transformer<B> {
+    fn transformer_config(&self) -> &TransformerConfig {
+        &self.config
+    }
+
+    fn layers(&self) -> (&[EncoderLayer<B>], &[DecoderLayer<B>]) {
+        (&self.encoder, &self.decoder)
+    }
+
+    fn with_layers(
+        self,
+        encoder: Vec<EncoderLayer<B>>,
+        decoder: Vec<DecoderLayer<B>>,
+        config: TransformerConfig,
+    ) -> Self {
+        Self {
+            encoder,
+            decoder,
+            config,
+            ..self
+        }
     }
 }
 

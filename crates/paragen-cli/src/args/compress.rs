@@ -1,11 +1,13 @@
-//! Arguments of the commands that make a compressed copy of a run: `shortlist` and
-//! `quantize`.
+//! Arguments of the commands that make a compressed copy of a run: `shortlist`,
+//! `quantize` and `prune`.
 
 use std::path::PathBuf;
 
 use clap::Args;
 
-use super::in_range;
+use paragen_compress::LayerRef;
+
+use super::{in_range, non_negative, positive};
 
 #[derive(Args, Clone)]
 pub struct ShortlistArgs {
@@ -51,5 +53,65 @@ fn bits_parser() -> impl Fn(&str) -> Result<u8, String> + Clone {
         "8" => Ok(8),
         "4" => Ok(4),
         _ => Err(format!("`{text}` is not 8 or 4")),
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct PruneArgs {
+    /// Run directory of a float model of any kind (a training run or a release).
+    #[arg(long, required_unless_present = "resume")]
+    pub model: Option<PathBuf>,
+    /// New run directory: the pruned model (smaller matrices), its config and
+    /// `prune.json`; fine-tuned in place when --recover-minutes is above 0.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Share of all attention heads to remove, in [0, 1): the least important ones by
+    /// gate gradient on the valid split, ranked across layers (each attention keeps one).
+    #[arg(long, default_value_t = 0.0, value_parser = share_parser)]
+    pub heads: f64,
+    /// Share of all feed-forward neurons to remove, in [0, 1), ranked the same way.
+    #[arg(long, default_value_t = 0.0, value_parser = share_parser)]
+    pub ffn: f64,
+    /// Whole layers to remove, e.g. `encoder.2,decoder.0` (counted from 0).
+    #[arg(long, value_delimiter = ',')]
+    pub drop_layers: Vec<LayerRef>,
+    /// Prepared data: its valid split measures importance and the fine-tuning trains
+    /// on it (default: the data the model was trained on; a NAT's is the distilled one).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Minutes of recovery fine-tuning after pruning (0: none). AR models learn from
+    /// the unpruned model by word-level KD; NATs with their own recipe.
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
+    pub recover_minutes: f64,
+    /// Peak learning rate of the recovery.
+    #[arg(long, default_value_t = 2e-4, value_parser = positive)]
+    pub lr: f64,
+    /// Weight of the word-level KD term of an AR model's recovery (0: cross-entropy only).
+    #[arg(long, default_value_t = 0.5, value_parser = share_or_one)]
+    pub kd_weight: f64,
+    /// Continue the interrupted recovery of the pruned run in --out.
+    #[arg(long, conflicts_with_all = ["model", "heads", "ffn", "drop_layers", "data"])]
+    pub resume: bool,
+}
+
+/// A share of units to remove: in [0, 1).
+fn share_parser(text: &str) -> Result<f64, String> {
+    let value = non_negative(text)?;
+    if value < 1.0 {
+        Ok(value)
+    } else {
+        Err(format!(
+            "{value} is not below 1: it is the share of units to remove"
+        ))
+    }
+}
+
+/// A weight in [0, 1].
+fn share_or_one(text: &str) -> Result<f64, String> {
+    let value = non_negative(text)?;
+    if value <= 1.0 {
+        Ok(value)
+    } else {
+        Err(format!("{value} is above 1"))
     }
 }

@@ -7,6 +7,7 @@ mod eval;
 mod pipeline;
 mod prepare;
 mod profile;
+mod prune;
 mod quantize;
 mod release;
 mod shortlist;
@@ -33,6 +34,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tune(args) => run_on(spec, tune::Tune(args))?,
         Command::Shortlist(args) => shortlist::shortlist(&args),
         Command::Quantize(args) => run_on(spec, quantize::Quantize(args))?,
+        Command::Prune(args) => run_on(spec, prune::Prune(args))?,
         Command::Pipeline(args) => pipeline::pipeline(spec, &args),
         Command::Demo(args) => run_on(
             spec,

@@ -40,7 +40,7 @@ use crate::embedding::TiedEmbedding;
 use crate::error::ModelError;
 use crate::layers::{
     DecoderLayer, EncoderLayer, EncoderOutput, map_dense_layers, materialize, new_embeddings,
-    padding_mask,
+    new_stacks, padding_mask,
 };
 use crate::shortlist::Shortlist;
 use crate::teacher::Transformer;
@@ -143,16 +143,13 @@ impl<B: Backend> NatStudent<B> {
         }
         let d = t.d_model;
         let (embedding, learned_positions) = new_embeddings(t, device);
+        let (encoder, decoder) = new_stacks(t, device);
         Ok(materialize(Self {
             embedding,
             learned_positions,
-            encoder: (0..t.encoder_layers)
-                .map(|_| EncoderLayer::new(d, t.n_heads, t.d_ff, t.dropout, device))
-                .collect(),
+            encoder,
             encoder_norm: LayerNormConfig::new(d).init(device),
-            decoder: (0..t.decoder_layers)
-                .map(|_| DecoderLayer::new(d, t.n_heads, t.d_ff, t.dropout, device))
-                .collect(),
+            decoder,
             decoder_norm: LayerNormConfig::new(d).init(device),
             length_head: LinearConfig::new(d, config.length_classes()).init(device),
             config: config.clone(),
@@ -394,6 +391,33 @@ impl<B: Backend> Quantize<B> for NatStudent<B> {
         self.encoder
             .first()
             .and_then(|layer| layer.quantized_bits())
+    }
+}
+
+impl<B: Backend> crate::prune::Prune<B> for NatStudent<B> {
+    fn transformer_config(&self) -> &TransformerConfig {
+        &self.config.transformer
+    }
+
+    fn layers(&self) -> (&[EncoderLayer<B>], &[DecoderLayer<B>]) {
+        (&self.encoder, &self.decoder)
+    }
+
+    fn with_layers(
+        self,
+        encoder: Vec<EncoderLayer<B>>,
+        decoder: Vec<DecoderLayer<B>>,
+        transformer: TransformerConfig,
+    ) -> Self {
+        Self {
+            encoder,
+            decoder,
+            config: NatConfig {
+                transformer,
+                ..self.config
+            },
+            ..self
+        }
     }
 }
 
