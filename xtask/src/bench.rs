@@ -105,7 +105,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     prepare_missing_data(&paragen, &runs)?;
     let derived = root.join("target/paragen-report/derived");
-    runs.extend(derived_variants(&paragen, &runs, &models_dir, &derived)?);
+    runs.extend(derived_variants(
+        &paragen,
+        &runs,
+        &models_dir,
+        &derived,
+        args.quick,
+    )?);
     runs.sort_by_key(|r| kind_rank(&run_kind(r)));
     let criterion = if args.skip_criterion {
         Vec::new()
@@ -248,21 +254,45 @@ fn prepare_missing_data(paragen: &Path, runs: &[PathBuf]) -> anyhow::Result<()> 
 /// Compressed copies of the runs under `dir`, each named `<variant> <how>`, so that the
 /// report shows what each compression gains and costs beside the same model without it:
 /// every float run quantized to int8 (`paragen quantize`); every NAT run without a
-/// shortlist with one (`paragen shortlist`, its defaults), also of its int8 copy; and
-/// NAT runs at int4.
+/// shortlist with one (`paragen shortlist`, its defaults), also of its int8 copy; NAT
+/// runs at int4; and, unless `quick`, every unpruned float run pruned by
+/// [`PRUNING_SWEEP`] without recovery (`paragen prune`).
 fn derived_variants(
     paragen: &Path,
     runs: &[PathBuf],
     models_dir: &Path,
     dir: &Path,
+    quick: bool,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let mut derived = Vec::new();
     for run_dir in runs {
         let name = variant_name(run_dir, models_dir);
         let is_nat = matches!(run_kind(run_dir).as_str(), "nat" | "nat-ctc");
         let listed = run_dir.join("shortlist.json").exists();
+        let float = !run_dir.join("quantization.json").exists();
+        // The pruning curve before any recovery (a recovered model ships in models/ and
+        // is measured there): what importance alone keeps at each share removed.
+        if float && !quick && !run_dir.join("prune.json").exists() {
+            for percent in PRUNING_SWEEP {
+                let share = format!("{}", f64::from(percent) / 100.0);
+                derived.push(derive(
+                    paragen,
+                    dir,
+                    &format!("{name} pruned{percent} unrecovered"),
+                    &[
+                        "prune",
+                        "--model",
+                        &path_arg(run_dir),
+                        "--heads",
+                        &share,
+                        "--ffn",
+                        &share,
+                    ],
+                )?);
+            }
+        }
         let mut int8 = None;
-        if !run_dir.join("quantization.json").exists() {
+        if float {
             let bits: &[&str] = if is_nat { &["8", "4"] } else { &["8"] };
             for bits in bits {
                 let out = derive(
@@ -292,6 +322,10 @@ fn derived_variants(
     }
     Ok(derived)
 }
+
+/// Shares (in percent) of heads and feed-forward neurons the bench prunes every float
+/// model by, without recovery.
+const PRUNING_SWEEP: [u8; 2] = [30, 50];
 
 /// Runs `paragen <args> --out <dir>/<name>` afresh (a copy made from older weights
 /// would measure another model) and returns the new run.
