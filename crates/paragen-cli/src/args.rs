@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod compress;
-pub use compress::{PruneArgs, QuantizeArgs, ShortlistArgs};
+pub use compress::{CompressArgs, PruneArgs, PruneOptions, QuantizeArgs, ShortlistArgs};
 
 #[derive(Parser)]
 #[command(
@@ -88,6 +88,11 @@ pub enum Command {
     /// feed-forward neurons (and chosen layers), so that its matrices are smaller, then
     /// fine-tune it to recover (word-level KD from the unpruned model for AR models).
     Prune(PruneArgs),
+    /// The smallest fast copy of a trained model in one go: prune it and fine-tune it to
+    /// recover (e.g. `--heads 0.3 --ffn 0.3 --recover-minutes 60`), quantize it (`--bits
+    /// 8`), and give a NAT student its lexical shortlist; every step's run is kept under
+    /// --out, and the last one is the model to use.
+    Compress(CompressArgs),
     /// Show the shipped release models: evaluate every model in `models/` on the test
     /// split and print BLEU, chrF and speed side by side, with example translations.
     Demo(DemoArgs),

@@ -697,6 +697,30 @@ fn prune_removes_heads_neurons_and_layers_and_recovers() {
     ]));
     assert!(dir.path().join("pruned-q8/prune.json").exists());
 
+    // One command chains the steps; each step's run stays, the last is the result.
+    let small = path("small");
+    let out = paragen(&[
+        "compress", "--model", &teacher, "--out", &small, "--heads", "0.25", "--bits", "4",
+    ]);
+    ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        stdout.contains("the compressed model is") && stdout.contains("pruned-int4"),
+        "{stdout}"
+    );
+    assert!(dir.path().join("small/pruned/prune.json").exists());
+    ok(&paragen(&[
+        "eval",
+        "--model",
+        &format!("{small}/pruned-int4"),
+        "--limit",
+        "5",
+    ]));
+    let out = paragen(&[
+        "compress", "--model", &teacher, "--out", &small, "--bits", "none",
+    ]);
+    assert!(stderr(&out).contains("nothing to do"), "{}", stderr(&out));
+
     // Bad requests name the value.
     for (args, message) in [
         (&["--heads", "1"][..], "not below 1"),

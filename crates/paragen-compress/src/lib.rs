@@ -33,4 +33,6 @@ pub use distill::{
 };
 pub use prune::{LayerRef, PruneError, PruneRecord, PruneSpec, RecoverOptions, prune_run, recover};
 pub use quantize::{QuantizeError, QuantizeReport, quantize_run};
-pub use shortlist::{ShortlistConfig, learn_shortlist};
+pub use shortlist::{
+    ShortlistConfig, ShortlistError, ShortlistReport, learn_shortlist, shortlist_run,
+};

@@ -10,8 +10,11 @@
 //! per-source lists because they are always allowed already.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use paragen_data::batch::Example;
+use paragen_data::{PreparedData, Split, encode_pairs};
+use paragen_infer::{CheckpointError, ModelKind, RunConfig, RunDir, write_shortlist_run};
 use paragen_models::Shortlist;
 
 /// How large a learned shortlist is.
@@ -113,6 +116,62 @@ fn distinct(tokens: &[u32], vocab_size: usize) -> Vec<u32> {
     ids.sort_unstable();
     ids.dedup();
     ids
+}
+
+/// Errors of [`shortlist_run`].
+#[derive(Debug, thiserror::Error)]
+pub enum ShortlistError {
+    #[error(
+        "{run} holds a {kind} model; shortlists decode NAT students (nat, nat-ctc) only so far"
+    )]
+    NotNat { run: String, kind: &'static str },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Data(#[from] paragen_data::DataError),
+}
+
+/// What [`shortlist_run`] learned.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShortlistReport {
+    pub training_pairs: usize,
+    pub always_allowed: usize,
+    /// Tokens a valid sentence allows on average, of `vocab_size`.
+    pub mean_allowed: f64,
+    pub vocab_size: usize,
+}
+
+/// Learns a shortlist for the NAT run `from` from the training pairs of `data` (default:
+/// the data it trained on) and writes a copy of the run that decodes onto it to `out`.
+pub fn shortlist_run(
+    from: &RunDir,
+    out: &Path,
+    data: Option<&Path>,
+    config: ShortlistConfig,
+) -> Result<(RunDir, ShortlistReport), ShortlistError> {
+    let run_config: RunConfig = from.load_config()?;
+    if !matches!(run_config.kind, ModelKind::Nat | ModelKind::NatCtc) {
+        return Err(ShortlistError::NotNat {
+            run: from.root().display().to_string(),
+            kind: run_config.kind.name(),
+        });
+    }
+    let tokenizer = from.load_tokenizer()?;
+    let data =
+        PreparedData::new(data.map_or_else(|| run_config.data_dir.clone(), Path::to_path_buf));
+    let train = encode_pairs(&tokenizer, &data.pairs(Split::Train)?)?;
+    let vocab_size = run_config.transformer().vocab_size;
+    let shortlist = learn_shortlist(&train, vocab_size, config);
+    let run = write_shortlist_run(from, out, &shortlist)?;
+    let valid = encode_pairs(&tokenizer, &data.pairs(Split::Valid)?)?;
+    let sources: Vec<&[u32]> = valid.iter().map(|e| e.src.as_slice()).collect();
+    let report = ShortlistReport {
+        training_pairs: train.len(),
+        always_allowed: shortlist.always.len(),
+        mean_allowed: shortlist.mean_allowed(&sources, tokenizer.special()),
+        vocab_size,
+    };
+    Ok((run, report))
 }
 
 #[cfg(test)]

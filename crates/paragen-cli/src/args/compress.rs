@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use paragen_compress::LayerRef;
+use paragen_compress::{LayerRef, ShortlistConfig};
 
 use super::{in_range, non_negative, positive};
 
@@ -30,6 +30,17 @@ pub struct ShortlistArgs {
     /// Training pairs a source and a target token must share to count as translations.
     #[arg(long, default_value_t = 2, value_parser = in_range(1, 1_000_000))]
     pub min_cooccurrence: usize,
+}
+
+impl ShortlistArgs {
+    /// The library's form of the size flags.
+    pub fn config(&self) -> anyhow::Result<ShortlistConfig> {
+        Ok(ShortlistConfig {
+            frequent: self.frequent,
+            per_source: self.per_source,
+            min_cooccurrence: u32::try_from(self.min_cooccurrence)?,
+        })
+    }
 }
 
 #[derive(Args, Clone)]
@@ -65,6 +76,13 @@ pub struct PruneArgs {
     /// `prune.json`; fine-tuned in place when --recover-minutes is above 0.
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub how: PruneOptions,
+}
+
+/// What to prune and how to recover, shared by `prune` and `compress`.
+#[derive(Args, Clone)]
+pub struct PruneOptions {
     /// Share of all attention heads to remove, in [0, 1): the least important ones by
     /// gate gradient on the valid split, ranked across layers (each attention keeps one).
     #[arg(long, default_value_t = 0.0, value_parser = share_parser)]
@@ -94,6 +112,13 @@ pub struct PruneArgs {
     pub resume: bool,
 }
 
+impl PruneOptions {
+    /// Whether anything is to be removed.
+    pub fn prunes(&self) -> bool {
+        self.heads > 0.0 || self.ffn > 0.0 || !self.drop_layers.is_empty()
+    }
+}
+
 /// A share of units to remove: in [0, 1).
 fn share_parser(text: &str) -> Result<f64, String> {
     let value = non_negative(text)?;
@@ -113,5 +138,36 @@ fn share_or_one(text: &str) -> Result<f64, String> {
         Ok(value)
     } else {
         Err(format!("{value} is above 1"))
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct CompressArgs {
+    /// Run directory of a trained float model (a NAT student gains the most).
+    #[arg(long, required_unless_present = "resume")]
+    pub model: Option<PathBuf>,
+    /// Directory of the steps' runs: `pruned` (with --heads, --ffn or --drop-layers),
+    /// then e.g. `pruned-int8` and, for a NAT, `pruned-int8-shortlist`, the result.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub prune: PruneOptions,
+    /// Bits of the quantized weights after pruning: 8, 4, or `none` to stay float.
+    #[arg(long, default_value = "8", value_parser = bits_or_none)]
+    pub bits: FinalBits,
+    /// Do not give a NAT student a lexical shortlist (AR models never get one).
+    #[arg(long)]
+    pub no_shortlist: bool,
+}
+
+/// `--bits` of `paragen compress`: the bits of the quantized weights, or `None` to stay
+/// float.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FinalBits(pub Option<u8>);
+
+fn bits_or_none(text: &str) -> Result<FinalBits, String> {
+    match text.trim() {
+        "none" => Ok(FinalBits(None)),
+        other => bits_parser()(other).map(|bits| FinalBits(Some(bits))),
     }
 }

@@ -35,6 +35,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Shortlist(args) => shortlist::shortlist(&args),
         Command::Quantize(args) => run_on(spec, quantize::Quantize(args))?,
         Command::Prune(args) => run_on(spec, prune::Prune(args))?,
+        Command::Compress(args) => run_on(spec, prune::Compress(args))?,
         Command::Pipeline(args) => pipeline::pipeline(spec, &args),
         Command::Demo(args) => run_on(
             spec,
