@@ -697,6 +697,44 @@ fn prune_removes_heads_neurons_and_layers_and_recovers() {
     ]));
     assert!(dir.path().join("pruned-q8/prune.json").exists());
 
+    // Magnitude pruning zeroes weights in place and reports its sparse size; it cannot
+    // be fine-tuned.
+    let out = paragen(&[
+        "prune",
+        "--model",
+        &teacher,
+        "--out",
+        &path("sparse"),
+        "--sparsity",
+        "0.5",
+    ]);
+    ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        stdout.contains("as CSR") && stdout.contains("heads 24 -> 24"),
+        "{stdout}"
+    );
+    ok(&paragen(&[
+        "eval",
+        "--model",
+        &path("sparse"),
+        "--limit",
+        "5",
+    ]));
+    let out = paragen(&[
+        "prune",
+        "--out",
+        &path("sparse"),
+        "--resume",
+        "--recover-minutes",
+        "1",
+    ]);
+    assert!(
+        stderr(&out).contains("fill its zeroed weights"),
+        "{}",
+        stderr(&out)
+    );
+
     // One command chains the steps; each step's run stays, the last is the result.
     let small = path("small");
     let out = paragen(&[

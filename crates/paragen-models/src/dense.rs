@@ -230,6 +230,38 @@ impl<B: Backend> Dense<B> {
     }
 }
 
+impl<B: Backend> Dense<B> {
+    /// Unstructured magnitude pruning: the layer with the `share` of its weights of
+    /// smallest magnitude set to zero (the matrix keeps its shape; the bias is kept).
+    pub fn sparsify(self, share: f64) -> Self {
+        let weight = self.float_weight().val();
+        let (dims, device) = (weight.dims(), weight.device());
+        let mut values: Vec<f32> = host_vec(weight.into_data().convert::<f32>());
+        let zeroed = ((share * values.len() as f64).round() as usize).min(values.len());
+        if zeroed > 0 {
+            let mut order: Vec<usize> = (0..values.len()).collect();
+            order.select_nth_unstable_by(zeroed - 1, |&a, &b| {
+                values[a].abs().total_cmp(&values[b].abs())
+            });
+            order[..zeroed].iter().for_each(|&i| values[i] = 0.0);
+        }
+        Self {
+            weight: Some(Param::from_tensor(Tensor::from_data(
+                TensorData::new(values, dims),
+                &device,
+            ))),
+            ..self
+        }
+    }
+
+    /// Entries of the float weight that are exactly zero.
+    pub fn zero_weights(&self) -> usize {
+        let weight = self.float_weight().val();
+        let values: Vec<f32> = host_vec(weight.into_data().convert::<f32>());
+        values.iter().filter(|v| **v == 0.0).count()
+    }
+}
+
 impl<B: burn::tensor::backend::AutodiffBackend> Dense<B> {
     /// Per input `i`, `sum_j W[i, j] * dL/dW[i, j]`: the first-order change of the loss
     /// if input `i` were scaled by a gate, i.e. `dL/dgate` at gate 1 (Michel et al.
@@ -431,6 +463,29 @@ mod tests {
                 "int{bits} dequantized: relative error {err}"
             );
         }
+    }
+
+    #[test]
+    fn sparsifying_zeroes_the_smallest_weights_only() {
+        let dense = layer(8, 5);
+        let weights = |d: &Dense<B>| host_vec::<f32>(d.weight.as_ref().unwrap().val().into_data());
+        let before = weights(&dense);
+        let sparse = dense.clone().sparsify(0.25);
+        assert_eq!(sparse.zero_weights(), 10);
+        let after = weights(&sparse);
+        let largest_zeroed = before
+            .iter()
+            .zip(&after)
+            .filter(|(_, a)| **a == 0.0)
+            .map(|(b, _)| b.abs())
+            .fold(0.0f32, f32::max);
+        for (b, a) in before.iter().zip(&after) {
+            assert!(
+                *a == 0.0 || (a == b && b.abs() >= largest_zeroed),
+                "{b} -> {a}"
+            );
+        }
+        assert_eq!(dense.sparsify(0.0).zero_weights(), 0);
     }
 
     #[test]

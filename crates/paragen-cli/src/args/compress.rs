@@ -93,6 +93,12 @@ pub struct PruneOptions {
     /// Whole layers to remove, e.g. `encoder.2,decoder.0` (counted from 0).
     #[arg(long, value_delimiter = ',')]
     pub drop_layers: Vec<LayerRef>,
+    /// Unstructured magnitude pruning after the structured one: share of every attention
+    /// and feed-forward matrix set to zero, in [0, 1). Smaller in a sparse format (the
+    /// CSR size is reported), but no faster: dense kernels multiply the zeros too.
+    /// Cannot be fine-tuned (training would fill the zeros).
+    #[arg(long, default_value_t = 0.0, value_parser = share_parser)]
+    pub sparsity: f64,
     /// Prepared data: its valid split measures importance and the fine-tuning trains
     /// on it (default: the data the model was trained on; a NAT's is the distilled one).
     #[arg(long)]
@@ -108,14 +114,14 @@ pub struct PruneOptions {
     #[arg(long, default_value_t = 0.5, value_parser = share_or_one)]
     pub kd_weight: f64,
     /// Continue the interrupted recovery of the pruned run in --out.
-    #[arg(long, conflicts_with_all = ["model", "heads", "ffn", "drop_layers", "data"])]
+    #[arg(long, conflicts_with_all = ["model", "heads", "ffn", "drop_layers", "sparsity", "data"])]
     pub resume: bool,
 }
 
 impl PruneOptions {
     /// Whether anything is to be removed.
     pub fn prunes(&self) -> bool {
-        self.heads > 0.0 || self.ffn > 0.0 || !self.drop_layers.is_empty()
+        self.heads > 0.0 || self.ffn > 0.0 || !self.drop_layers.is_empty() || self.sparsity > 0.0
     }
 }
 
