@@ -27,7 +27,7 @@ impl BackendTask for Prune {
             "wrote {}: `paragen eval --model {}` scores it{}",
             run.root().display(),
             run.root().display(),
-            if args.how.recover_minutes > 0.0 {
+            if args.how.recover_minutes > 0.0 || args.how.sparsity > 0.0 {
                 ""
             } else {
                 "; --recover-minutes fine-tunes it"
