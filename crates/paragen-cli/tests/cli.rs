@@ -314,19 +314,16 @@ fn release_demo_and_init_from(dir: &Path, data: &str, run: &str) {
     );
 }
 
-#[test]
-fn distill_train_students_and_decode_them_every_way() {
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = corpus_slice(dir.path(), 300);
-    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    let (data, teacher, distilled) = (path("data"), path("teacher"), path("distilled"));
-    let (nat, ctc, shallow) = (path("nat"), path("ctc"), path("shallow"));
+/// Prepares 300 pairs of the shipped corpus into `data` and trains a tiny teacher on
+/// them for one epoch into `teacher`.
+fn tiny_teacher(dir: &Path, data: &str, teacher: &str) {
+    let corpus = corpus_slice(dir, 300);
     ok(&paragen(&[
         "prepare",
         "--corpus",
         corpus.to_str().unwrap(),
         "--out",
-        &data,
+        data,
         "--vocab-size",
         "400",
     ]));
@@ -335,12 +332,21 @@ fn distill_train_students_and_decode_them_every_way() {
         "--preset",
         "tiny",
         "--data",
-        &data,
+        data,
         "--out",
-        &teacher,
+        teacher,
         "--epochs",
         "1",
     ]));
+}
+
+#[test]
+fn distill_train_students_and_decode_them_every_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (data, teacher, distilled) = (path("data"), path("teacher"), path("distilled"));
+    let (nat, ctc, shallow) = (path("nat"), path("ctc"), path("shallow"));
+    tiny_teacher(dir.path(), &data, &teacher);
     ok(&paragen(&[
         "distill",
         "--teacher",
@@ -600,29 +606,9 @@ fn distill_train_students_and_decode_them_every_way() {
 #[test]
 fn prune_removes_heads_neurons_and_layers_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = corpus_slice(dir.path(), 300);
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let (data, teacher, pruned) = (path("data"), path("teacher"), path("pruned"));
-    ok(&paragen(&[
-        "prepare",
-        "--corpus",
-        corpus.to_str().unwrap(),
-        "--out",
-        &data,
-        "--vocab-size",
-        "400",
-    ]));
-    ok(&paragen(&[
-        "train-teacher",
-        "--preset",
-        "tiny",
-        "--data",
-        &data,
-        "--out",
-        &teacher,
-        "--epochs",
-        "1",
-    ]));
+    tiny_teacher(dir.path(), &data, &teacher);
     let out = paragen(&[
         "prune",
         "--model",
