@@ -683,6 +683,21 @@ fn prune_removes_heads_neurons_and_layers_and_recovers() {
     ]));
     assert!(dir.path().join("pruned-q8/prune.json").exists());
 
+    // A release of it says what was removed, and descends from the unpruned model.
+    ok(&paragen(&[
+        "release",
+        "--model",
+        &pruned,
+        "--out",
+        &path("pruned-release"),
+    ]));
+    let page = std::fs::read_to_string(dir.path().join("pruned-release/TRAINING.md")).unwrap();
+    assert!(
+        page.contains("pruned by `paragen prune`") && page.contains("heads 24 -> 10"),
+        "{page}"
+    );
+    assert!(dir.path().join("pruned-release/prune.json").exists());
+
     // Magnitude pruning zeroes weights in place and reports its sparse size; it cannot
     // be fine-tuned.
     let out = paragen(&[

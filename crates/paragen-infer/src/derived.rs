@@ -74,6 +74,10 @@ pub fn write_pruned_run<B: Backend>(
         ],
     )?;
     let mut config: RunConfig = run.load_config()?;
+    // Its weights come from `from`: a release of it names `from` as its parent.
+    config
+        .training
+        .insert("init_from".into(), from.root().display().to_string().into());
     let dropout = config.transformer().dropout;
     *config.model.transformer_mut() = model.config().clone();
     config.model.transformer_mut().dropout = dropout;

@@ -14,6 +14,7 @@ use paragen_models::BeamOptions;
 use paragen_models::nat::{NatDecoder, NatDecoding};
 use serde::{Deserialize, Serialize};
 
+use crate::derived::PRUNE_FILE;
 use crate::run_dir::{CheckpointError, ModelConfig, RunConfig, RunDir};
 use crate::shortlist::SHORTLIST_FILE;
 use crate::translate::{Decoding, Model, TranslateError, Translator, evaluate};
@@ -68,6 +69,10 @@ pub struct ReleaseInfo {
     /// Bits of the quantized weights (`paragen quantize`); absent for half precision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantized_bits: Option<u8>,
+    /// What `paragen prune` removed (from its `prune.json`), e.g. `heads 28 -> 19, ...`;
+    /// absent for unpruned models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<String>,
     pub encoder_layers: usize,
     pub decoder_layers: usize,
     pub d_model: usize,
@@ -251,6 +256,7 @@ pub fn release<B: Backend>(
             "history.jsonl",
             DECODING_FILE,
             SHORTLIST_FILE,
+            PRUNE_FILE,
         ],
     )?;
 
@@ -387,6 +393,7 @@ fn describe(
         params,
         file_bytes: std::fs::metadata(out.path("model.mpk")).map_or(0, |m| m.len()),
         quantized_bits: out.load_quantization()?.map(|q| q.bits),
+        pruned: pruned_summary(out),
         encoder_layers: shapes.encoder_layers,
         decoder_layers: shapes.decoder_layers,
         d_model: shapes.d_model,
@@ -418,6 +425,28 @@ fn describe(
         machine: machine.to_string(),
         paragen_version: config.paragen_version.clone(),
     })
+}
+
+/// `heads a -> b, feed-forward neurons c -> d, layers e -> f` from a run's
+/// `prune.json`, or `None` when it has none (or one this version cannot read).
+fn pruned_summary(run: &RunDir) -> Option<String> {
+    let record: serde_json::Value = run.read_json(PRUNE_FILE).ok()?;
+    let counts = |key: &str, what: &str| {
+        let c = &record[key];
+        Some(format!(
+            "{what} {} -> {}",
+            c["before"].as_u64()?,
+            c["after"].as_u64()?
+        ))
+    };
+    Some(
+        [
+            counts("heads", "heads")?,
+            counts("neurons", "feed-forward neurons")?,
+            counts("layers", "layers")?,
+        ]
+        .join(", "),
+    )
 }
 
 /// One release scored live on a test split (what `paragen demo` shows).
