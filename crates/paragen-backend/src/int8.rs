@@ -63,16 +63,19 @@ pub fn quantize_columns(
 }
 
 /// Packs int4 values (`-8..=7`) two per byte along the input dimension: byte `[k][n]`
-/// of the `[d_in / 2, d_out]` result holds row `2k` in its low and `2k + 1` in its high
-/// nibble.
+/// of the `[ceil(d_in / 2), d_out]` result holds row `2k` in its low and `2k + 1` in its
+/// high nibble (a zero row pads an odd `d_in`, as a pruned layer may have).
 pub fn pack_int4(values: &[i8], d_in: usize, d_out: usize) -> Vec<i8> {
-    assert!(
-        d_in.is_multiple_of(2),
-        "int4 packing needs an even input dimension"
+    assert_eq!(
+        values.len(),
+        d_in * d_out,
+        "int4 packing of a [d_in, d_out] matrix"
     );
-    let mut packed = Vec::with_capacity(values.len() / 2);
-    for pair in values.chunks_exact(2 * d_out) {
+    let padding = vec![0i8; d_out];
+    let mut packed = Vec::with_capacity(d_in.div_ceil(2) * d_out);
+    for pair in values.chunks(2 * d_out) {
         let (low, high) = pair.split_at(d_out);
+        let high = if high.is_empty() { &padding[..] } else { high };
         packed.extend(
             low.iter()
                 .zip(high)
@@ -82,14 +85,16 @@ pub fn pack_int4(values: &[i8], d_in: usize, d_out: usize) -> Vec<i8> {
     packed
 }
 
-/// The inverse of [`pack_int4`]: `[d_in / 2, d_out]` bytes to `[d_in, d_out]` values.
-pub fn unpack_int4(packed: &[i8], d_out: usize) -> Vec<i8> {
+/// The inverse of [`pack_int4`]: `[ceil(d_in / 2), d_out]` bytes to `[d_in, d_out]`
+/// values.
+pub fn unpack_int4(packed: &[i8], d_in: usize, d_out: usize) -> Vec<i8> {
     let mut values = Vec::with_capacity(packed.len() * 2);
     for row in packed.chunks_exact(d_out) {
         // Shifting left then arithmetically right sign-extends each nibble.
         values.extend(row.iter().map(|&b| (b << 4) >> 4));
         values.extend(row.iter().map(|&b| b >> 4));
     }
+    values.truncate(d_in * d_out);
     values
 }
 
@@ -544,13 +549,16 @@ mod tests {
 
     #[test]
     fn int4_values_survive_packing_and_stay_in_range() {
-        let (d_in, d_out) = (6, 5);
-        let (values, scales) = quantize_columns(&pseudo_random(d_in * d_out, 6), d_in, d_out, 4);
-        assert!(values.iter().all(|v| (-7..=7).contains(v)));
-        assert_eq!(scales.len(), d_out);
-        let packed = pack_int4(&values, d_in, d_out);
-        assert_eq!(packed.len(), d_in * d_out / 2);
-        assert_eq!(unpack_int4(&packed, d_out), values);
+        // An odd input dimension (a pruned layer) is padded with a zero row.
+        for (d_in, d_out) in [(6, 5), (7, 3)] {
+            let (values, scales) =
+                quantize_columns(&pseudo_random(d_in * d_out, 6), d_in, d_out, 4);
+            assert!(values.iter().all(|v| (-7..=7).contains(v)));
+            assert_eq!(scales.len(), d_out);
+            let packed = pack_int4(&values, d_in, d_out);
+            assert_eq!(packed.len(), d_in.div_ceil(2) * d_out);
+            assert_eq!(unpack_int4(&packed, d_in, d_out), values);
+        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub struct Dense<B: Backend> {
 /// Integer weights and their per-column scales.
 #[derive(Module, Debug)]
 pub struct QuantizedWeight<B: Backend> {
-    /// int8: `[d_in, d_out]`; int4: `[d_in / 2, d_out]`, two values per byte
+    /// int8: `[d_in, d_out]`; int4: `[ceil(d_in / 2), d_out]`, two values per byte
     /// (`paragen_backend::int8::pack_int4`).
     values: Param<Tensor<B, 2, Int>>,
     /// `[d_out]`.
@@ -292,7 +292,7 @@ impl<B: Backend> QuantizedWeight<B> {
         let weight = host_vec(weight.into_data().convert::<f32>());
         let (values, scales) = int8::quantize_columns(&weight, d_in, d_out, bits);
         let (values, rows) = match bits {
-            4 => (int8::pack_int4(&values, d_in, d_out), d_in / 2),
+            4 => (int8::pack_int4(&values, d_in, d_out), d_in.div_ceil(2)),
             _ => (values, d_in),
         };
         Self {
@@ -315,7 +315,7 @@ impl<B: Backend> QuantizedWeight<B> {
             QUANTIZED_BITS.contains(&bits),
             "quantized weights have 8 or 4 bits"
         );
-        let rows = if bits == 4 { d_in / 2 } else { d_in };
+        let rows = if bits == 4 { d_in.div_ceil(2) } else { d_in };
         Self {
             values: int_param(Tensor::zeros([rows, d_out], device)),
             scales: Param::from_tensor(Tensor::ones([d_out], device)),
@@ -333,7 +333,7 @@ impl<B: Backend> QuantizedWeight<B> {
         let d_out = self.d_out();
         let stored: Vec<i8> = host_vec(self.values.val().into_data().convert::<i8>());
         let values = match self.bits {
-            4 => int8::unpack_int4(&stored, d_out),
+            4 => int8::unpack_int4(&stored, self.d_in, d_out),
             _ => stored,
         };
         let scales: Vec<f32> = host_vec(self.scales.val().into_data().convert::<f32>());
@@ -359,7 +359,8 @@ impl<B: Backend> QuantizedWeight<B> {
         self.unpack_on_device(values) * self.scales.val().select(0, ids).unsqueeze_dim(0)
     }
 
-    /// Stored values (`[d_in, n]`, or `[d_in / 2, n]` packed int4) as floats `[d_in, n]`.
+    /// Stored values (`[d_in, n]`, or `[ceil(d_in / 2), n]` packed int4) as floats
+    /// `[d_in, n]`.
     fn unpack_on_device(&self, stored: Tensor<B, 2, Int>) -> Tensor<B, 2> {
         let stored = stored.float();
         if self.bits != 4 {
@@ -371,7 +372,9 @@ impl<B: Backend> QuantizedWeight<B> {
         let unsigned_low = stored - high.clone() * 16.0;
         let low = unsigned_low.clone() - ((unsigned_low + 8.0) / 16.0).floor() * 16.0;
         let [rows, n] = low.dims();
-        Tensor::stack::<3>(vec![low, high], 1).reshape([rows * 2, n])
+        Tensor::stack::<3>(vec![low, high], 1)
+            .reshape([rows * 2, n])
+            .slice([0..self.d_in, 0..n])
     }
 }
 
@@ -500,16 +503,27 @@ mod tests {
 
     #[test]
     fn int4_dequantized_on_the_device_equals_the_host_unpacking() {
-        let quantized = layer(6, 5).quantize(4);
+        // An odd input dimension, as pruning leaves: the padding row is not a weight.
+        let quantized = layer(7, 5).quantize(4);
+        assert_eq!(quantized.d_in(), 7);
         let q = quantized.quantized.as_ref().unwrap();
         let on_device = host_vec::<f32>(q.dequantize_on_device().into_data());
         let packed: Vec<i8> = host_vec(q.values.val().into_data().convert::<i8>());
         let scales: Vec<f32> = host_vec(q.scales.val().into_data());
-        let on_host: Vec<f32> = int8::unpack_int4(&packed, 5)
+        let on_host: Vec<f32> = int8::unpack_int4(&packed, 7, 5)
             .iter()
             .enumerate()
             .map(|(i, &v)| v as f32 * scales[i % 5])
             .collect();
+        assert_eq!(on_device.len(), 7 * 5);
         assert_eq!(on_device, on_host);
+        let x = input(3, 7);
+        let float = layer(7, 5).forward(x.clone());
+        let err =
+            max_abs_diff(quantized.forward(x), float.clone()) / float.abs().max().into_scalar();
+        assert!(
+            err < 0.25,
+            "int4 with an odd input dimension: relative error {err}"
+        );
     }
 }
