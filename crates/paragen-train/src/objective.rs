@@ -160,3 +160,18 @@ impl<B: Backend> Objective<B, NatStudent<B>> for Glancing {
         )
     }
 }
+
+/// A NAT student's training objective: glancing (GLAT) at `glance_ratio`, or its own
+/// loss (CMLM masking, or CTC) when there is none.
+pub fn nat_objective<B: Backend>(
+    glance_ratio: Option<f64>,
+    label_smoothing: f64,
+) -> Box<dyn Objective<B, NatStudent<B>>> {
+    match glance_ratio {
+        Some(ratio) => Box::new(Glancing {
+            ratio,
+            label_smoothing,
+        }),
+        None => Box::new(OwnLoss { label_smoothing }),
+    }
+}

@@ -10,7 +10,7 @@ use paragen_data::PreparedData;
 use paragen_infer::{ModelConfig, RunDir};
 use paragen_models::Transformer;
 use paragen_models::nat::NatStudent;
-use paragen_train::objective::{Glancing, Objective, OwnLoss, SeqModel};
+use paragen_train::objective::{Objective, OwnLoss, SeqModel, nat_objective};
 use paragen_train::run::init_weights;
 use paragen_train::trainer::TrainData;
 use paragen_train::{OpenRun, TrainError, open_run, student_run, teacher_run};
@@ -185,13 +185,7 @@ impl BackendTask for TrainStudent {
                         .init_from_teacher(teacher.as_ref().context("no teacher to start from")?)?;
                 }
                 let model = starting_weights(&opened, model, &device)?;
-                let objective: Box<dyn Objective<B, NatStudent<B>>> = match student.glance_ratio {
-                    Some(ratio) => Box::new(Glancing {
-                        ratio,
-                        label_smoothing,
-                    }),
-                    None => Box::new(OwnLoss { label_smoothing }),
-                };
+                let objective = nat_objective(student.glance_ratio, label_smoothing);
                 train_and_report(&opened, resume, model, objective.as_ref(), &device)
             }
             ModelConfig::Ar(shapes) => {

@@ -324,12 +324,17 @@ pub fn prune_run<B: AutodiffBackend>(
     }
     let mut config: RunConfig = from.load_config()?;
     let data_dir = data.map_or_else(|| config.data_dir.clone(), Path::to_path_buf);
-    let tokenizer = from.load_tokenizer()?;
-    let valid = PreparedData::new(&data_dir)
-        .pairs(Split::Valid)
-        .map_err(CheckpointError::from)?;
-    let examples = paragen_data::encode_pairs(&tokenizer, &valid).map_err(CheckpointError::from)?;
-    if examples.is_empty() {
+    // Only the structured pruning measures importance; magnitude pruning reads no data.
+    let examples = if spec.is_structured() {
+        let tokenizer = from.load_tokenizer()?;
+        let valid = PreparedData::new(&data_dir)
+            .pairs(Split::Valid)
+            .map_err(CheckpointError::from)?;
+        paragen_data::encode_pairs(&tokenizer, &valid).map_err(CheckpointError::from)?
+    } else {
+        Vec::new()
+    };
+    if spec.is_structured() && examples.is_empty() {
         return Err(PruneError::NoValidData(data_dir.display().to_string()));
     }
     // Without dropout: importance is a property of the model, not of a random mask.
@@ -359,11 +364,7 @@ pub fn prune_run<B: AutodiffBackend>(
         neurons,
         layers,
         parameters,
-        importance_sentences: if spec.is_structured() {
-            examples.len()
-        } else {
-            0
-        },
+        importance_sentences: examples.len(),
         sparse,
     };
     run.write_json(PRUNE_FILE, &record)?;

@@ -3,7 +3,7 @@
 use burn::tensor::backend::AutodiffBackend;
 use paragen_data::PreparedData;
 use paragen_infer::{Model, PRUNE_FILE, RunDir};
-use paragen_train::objective::{Glancing, Objective, OwnLoss};
+use paragen_train::objective::{Objective, OwnLoss, nat_objective};
 use paragen_train::trainer::TrainData;
 use paragen_train::{TrainRunConfig, TrainSummary};
 
@@ -91,13 +91,7 @@ pub fn recover<B: AutodiffBackend>(
                 .student
                 .as_ref()
                 .and_then(|s| s.glance_ratio);
-            let objective: Box<dyn Objective<B, _>> = match glance {
-                Some(ratio) => Box::new(Glancing {
-                    ratio,
-                    label_smoothing,
-                }),
-                None => Box::new(OwnLoss { label_smoothing }),
-            };
+            let objective = nat_objective(glance, label_smoothing);
             paragen_train::train(
                 run,
                 &config.training.train,
