@@ -2,7 +2,8 @@
 //!
 //! - every crate's `lib.rs` / `main.rs` starts with a `//!` crate doc;
 //! - paragen crates depend on each other only in the direction of the layers
-//!   (backend <- data <- models <- infer <- train <- compress <- cli <- fuzz); see
+//!   (backend <- data <- models <- infer <- adaptive <- serve <- train <- compress <- cli
+//!   <- fuzz; the server never depends on the trainer); see
 //!   docs/architecture.md;
 //! - library crates use `paragen-backend` only in tests (a dev-dependency), or with
 //!   `default-features = false` (its backend extensions, such as the int8 kernel,
@@ -15,11 +16,13 @@ use std::path::Path;
 use anyhow::{Context, bail};
 
 /// The layers, lowest first. A crate may depend only on crates before it.
-pub const LAYERS: [&str; 8] = [
+pub const LAYERS: [&str; 10] = [
     "paragen-backend",
     "paragen-data",
     "paragen-models",
     "paragen-infer",
+    "paragen-adaptive",
+    "paragen-serve",
     "paragen-train",
     "paragen-compress",
     "paragen-cli",

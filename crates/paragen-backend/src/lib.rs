@@ -239,8 +239,10 @@ pub fn set_cpu_threads(threads: usize) -> bool {
 }
 
 /// The backend tests run on: ndarray, small and deterministic.
+#[cfg(feature = "ndarray")]
 pub type TestBackend = burn::backend::NdArray<f32>;
 /// [`TestBackend`] with autodiff, for tests that train.
+#[cfg(feature = "ndarray")]
 pub type TestAutodiffBackend = burn::backend::Autodiff<TestBackend>;
 /// The second CPU backend, so that backend-sensitive tests run on both.
 #[cfg(feature = "flex")]

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod compress;
+mod serve;
 pub use compress::{CompressArgs, PruneArgs, PruneOptions, QuantizeArgs, ShortlistArgs};
+pub use serve::ServeArgs;
 
 #[derive(Parser)]
 #[command(
@@ -104,6 +106,10 @@ pub enum Command {
     /// Measure a model for `cargo xtask bench`: quality on a split and decoding speed at
     /// several batch sizes (warm-up, then the median of runs); prints one JSON object.
     Profile(ProfileArgs),
+    /// Serve translation over HTTP: every variant of a models directory is profiled,
+    /// and each request gets the best one that meets its budget (milliseconds, a BLEU
+    /// floor or a tier), in dynamic batches, with bounded queues and Prometheus metrics.
+    Serve(ServeArgs),
 }
 
 #[derive(Args, Clone)]
@@ -461,6 +467,10 @@ pub struct TranslateArgs {
     /// Input file, one sentence per line; `-` or absent reads stdin.
     #[arg(long, short)]
     pub input: Option<PathBuf>,
+    /// Threads that translate shares of the input at once, sharing the model's weights;
+    /// the outputs keep the input's order.
+    #[arg(long, default_value_t = 1, value_parser = in_range(1, 256))]
+    pub workers: usize,
     #[command(flatten)]
     pub decode: DecodeArgs,
 }

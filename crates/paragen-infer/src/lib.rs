@@ -66,7 +66,8 @@ pub use run_dir::{
 };
 pub use shortlist::{SHORTLIST_FILE, write_shortlist_run};
 pub use translate::{
-    DecodeRequest, Decoding, EvalReport, Model, TranslateError, Translator, evaluate,
-    translate_ids, translate_lines, translate_texts,
+    DecodeRequest, Decoding, EvalReport, Model, TranslateError, Translator, check_sources,
+    evaluate, translate_ids, translate_lines, translate_lines_with, translate_texts,
+    translate_texts_with,
 };
 pub use tune::{TunedDecoding, tune_blank_penalty};

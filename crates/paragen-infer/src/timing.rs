@@ -10,6 +10,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::translate::{Model, TranslateError, Translator, translate_ids};
 
+/// The CPU (from `/proc/cpuinfo`) and its logical cores, for provenance and for
+/// telling measurements of one machine from another's.
+pub fn machine_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{cpu}, {cores} logical CPUs")
+}
+
 /// Median wall time of decoding, per sentence.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Timing {

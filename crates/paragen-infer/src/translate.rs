@@ -241,6 +241,22 @@ impl<'a, B: Backend> Translator<'a, B> {
     }
 }
 
+/// Refuses sources that `model` cannot translate (empty, or longer than its
+/// positions), naming the first such input line.
+pub fn check_sources<B: Backend>(
+    model: &Model<B>,
+    sources: &[Vec<u32>],
+) -> Result<(), TranslateError> {
+    let lengths: Vec<usize> = sources.iter().map(|s| s.len()).collect();
+    model.check_source_lengths(&lengths).map_err(|e| match e {
+        ModelError::TooLong { index, .. } | ModelError::Empty { index } => TranslateError::Input {
+            line: index + 1,
+            source: e,
+        },
+        other => other.into(),
+    })
+}
+
 /// Decodes token-id sources in length-sorted batches of `batch_size`, returning outputs
 /// in input order.
 pub fn translate_ids<B: Backend>(
@@ -249,19 +265,8 @@ pub fn translate_ids<B: Backend>(
     batch_size: usize,
     show_progress: bool,
 ) -> Result<Vec<Vec<u32>>, TranslateError> {
+    check_sources(translator.model, sources)?;
     let lengths: Vec<usize> = sources.iter().map(|s| s.len()).collect();
-    translator
-        .model
-        .check_source_lengths(&lengths)
-        .map_err(|e| match e {
-            ModelError::TooLong { index, .. } | ModelError::Empty { index } => {
-                TranslateError::Input {
-                    line: index + 1,
-                    source: e,
-                }
-            }
-            other => other.into(),
-        })?;
     let mut outputs = vec![Vec::new(); sources.len()];
     let batches = inference_batches(&lengths, batch_size);
     translator.check_memory(&batches, &lengths)?;
@@ -291,8 +296,20 @@ pub fn translate_texts<B: Backend>(
     batch_size: usize,
     show_progress: bool,
 ) -> Result<Vec<String>, TranslateError> {
+    translate_texts_with(tokenizer, texts, |sources| {
+        translate_ids(translator, sources, batch_size, show_progress)
+    })
+}
+
+/// Tokenizes `texts`, decodes their token ids with `decode` (which keeps their order),
+/// and detokenizes the outputs: [`translate_texts`] with any way of decoding.
+pub fn translate_texts_with(
+    tokenizer: &Tokenizer,
+    texts: &[&str],
+    decode: impl FnOnce(&[Vec<u32>]) -> Result<Vec<Vec<u32>>, TranslateError>,
+) -> Result<Vec<String>, TranslateError> {
     let sources = tokenizer.encode_batch(texts)?;
-    let outputs = translate_ids(translator, &sources, batch_size, show_progress)?;
+    let outputs = decode(&sources)?;
     outputs
         .iter()
         .map(|ids| tokenizer.decode(ids).map_err(TranslateError::from))
@@ -309,13 +326,22 @@ pub fn translate_lines<B: Backend, S: AsRef<str>>(
     batch_size: usize,
     show_progress: bool,
 ) -> Result<Vec<String>, TranslateError> {
+    translate_lines_with(lines, |texts| {
+        translate_texts(translator, tokenizer, texts, batch_size, show_progress)
+    })
+}
+
+/// [`translate_lines`] with any way of translating the non-blank lines.
+pub fn translate_lines_with<S: AsRef<str>>(
+    lines: &[S],
+    translate: impl FnOnce(&[&str]) -> Result<Vec<String>, TranslateError>,
+) -> Result<Vec<String>, TranslateError> {
     let texts: Vec<&str> = lines
         .iter()
         .map(|l| l.as_ref().trim())
         .filter(|t| !t.is_empty())
         .collect();
-    let mut outputs =
-        translate_texts(translator, tokenizer, &texts, batch_size, show_progress)?.into_iter();
+    let mut outputs = translate(&texts)?.into_iter();
     Ok(lines
         .iter()
         .map(|line| match line.as_ref().trim().is_empty() {

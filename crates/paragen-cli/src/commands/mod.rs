@@ -10,6 +10,7 @@ mod profile;
 mod prune;
 mod quantize;
 mod release;
+mod serve;
 mod shortlist;
 mod train;
 mod translate;
@@ -45,6 +46,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             },
         )?,
         Command::Release(args) => run_on(spec, release::Release(args))?,
+        Command::Serve(args) => run_on(
+            spec,
+            serve::Serve {
+                args,
+                spec,
+                threads: cli.global.threads,
+            },
+        )?,
         Command::Profile(args) => run_on(
             spec,
             profile::Profile {

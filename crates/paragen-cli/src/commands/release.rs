@@ -8,21 +8,6 @@ use paragen_infer::release::{release, score_releases};
 
 use crate::args::{DemoArgs, PrepareArgs, ReleaseArgs, defaults};
 
-/// The CPU (from `/proc/cpuinfo`) and its logical cores, for provenance.
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!("{cpu}, {cores} logical CPUs")
-}
-
 pub struct Release(pub ReleaseArgs);
 
 impl BackendTask for Release {
@@ -37,7 +22,7 @@ impl BackendTask for Release {
             &args.model,
             &args.out,
             &test,
-            &machine(),
+            &paragen_infer::timing::machine_description(),
             args.force,
             &device,
         )?;

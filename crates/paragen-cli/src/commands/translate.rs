@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use burn::tensor::backend::AutodiffBackend;
+use paragen_adaptive::parallel::translate_lines_parallel;
 use paragen_backend::BackendTask;
 use paragen_infer::{LoadedRun, translate_lines};
 
@@ -40,13 +41,21 @@ impl BackendTask for Translate {
         let args = self.0;
         let loaded = open::<B::InnerBackend>(&args.model, &args.decode, &device)?;
         let lines = read_lines(args.input.as_deref())?;
-        let outputs = translate_lines(
-            &loaded.translator(),
-            &loaded.tokenizer,
-            &lines,
-            args.decode.batch_size,
-            true,
-        )?;
+        let outputs = match args.workers {
+            1 => translate_lines(
+                &loaded.translator(),
+                &loaded.tokenizer,
+                &lines,
+                args.decode.batch_size,
+                true,
+            )?,
+            workers => translate_lines_parallel(
+                &vec![loaded.translator(); workers],
+                &loaded.tokenizer,
+                &lines,
+                args.decode.batch_size,
+            )?,
+        };
         let mut stdout = std::io::stdout().lock();
         for output in outputs {
             writeln!(stdout, "{output}")?;

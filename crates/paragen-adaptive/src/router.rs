@@ -1,0 +1,397 @@
+//! The router: which variant answers a request, given what each variant is worth
+//! (valid BLEU), what it costs (its latency table), the request's budget and the work
+//! already queued.
+//!
+//! The rule: among the variants that meet the quality floor, the best-BLEU one whose
+//! predicted answer time (the queue ahead plus its own compute) fits the time budget.
+//! As the queue grows, slow variants stop fitting and the router falls back to faster
+//! ones; when not even the fastest fits, the request is refused as overload, so that
+//! the requests admitted are answered within their budget.
+
+use serde::{Deserialize, Serialize};
+
+use crate::profile::LatencyTable;
+
+/// A named service level, for clients that do not think in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// The variant predicted to answer first, whatever its quality.
+    Fast,
+    /// The best quality within the server's default time budget.
+    Balanced,
+    /// The best quality, however long it takes.
+    Best,
+}
+
+impl std::str::FromStr for Tier {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fast" => Ok(Tier::Fast),
+            "balanced" => Ok(Tier::Balanced),
+            "best" => Ok(Tier::Best),
+            other => Err(format!(
+                "unknown tier `{other}`: the tiers are fast, balanced and best"
+            )),
+        }
+    }
+}
+
+/// What a request asks for. Everything is optional; an empty budget is the
+/// [`Tier::Balanced`] one.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Budget {
+    /// Answer within this many milliseconds (queueing included).
+    pub max_ms: Option<f64>,
+    /// Only variants whose valid BLEU is at least this.
+    pub min_bleu: Option<f64>,
+    pub tier: Option<Tier>,
+    /// This variant and no other.
+    pub variant: Option<String>,
+}
+
+/// One variant as the router sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoutedVariant {
+    pub name: String,
+    pub bleu: f64,
+    pub latency: LatencyTable,
+}
+
+/// The variant chosen for a request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub variant: usize,
+    /// Predicted compute of this request alone.
+    pub compute_ms: f64,
+    /// Predicted answer time: the queue ahead plus the compute.
+    pub predicted_ms: f64,
+}
+
+/// Why no variant may answer a request.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum RouteError {
+    #[error("no variant is named `{name}`; the variants are: {known}")]
+    UnknownVariant { name: String, known: String },
+    #[error(
+        "no variant reaches BLEU {min_bleu} on the valid split; the best reaches {best_bleu:.2}"
+    )]
+    QualityUnreachable { min_bleu: f64, best_bleu: f64 },
+    #[error(
+        "no variant can answer within {max_ms} ms even on an idle server: the fastest \
+         that meets the request needs about {fastest_ms:.0} ms"
+    )]
+    BudgetUnreachable { max_ms: f64, fastest_ms: f64 },
+    #[error(
+        "the server is too busy to answer within {max_ms} ms (about {queued_ms:.0} ms of work \
+         is queued); retry in {retry_after_ms:.0} ms"
+    )]
+    Overloaded {
+        max_ms: f64,
+        queued_ms: f64,
+        retry_after_ms: f64,
+    },
+}
+
+/// Picks variants for requests.
+#[derive(Debug)]
+pub struct Router {
+    variants: Vec<RoutedVariant>,
+    /// The time budget of requests that give none ([`Tier::Balanced`]).
+    default_budget_ms: f64,
+    /// Per variant, measured compute over profiled prediction (a moving average): a
+    /// profile is measured back to back on warm caches, while a server decodes after
+    /// idle gaps, beside its HTTP threads; the router learns the difference as it serves.
+    calibration: std::sync::Mutex<Vec<f64>>,
+}
+
+/// Weight of the newest batch in the calibration's moving average.
+const CALIBRATION_WEIGHT: f64 = 0.2;
+
+impl Router {
+    pub fn new(variants: Vec<RoutedVariant>, default_budget_ms: f64) -> Self {
+        let calibration = std::sync::Mutex::new(vec![1.0; variants.len()]);
+        Self {
+            variants,
+            default_budget_ms,
+            calibration,
+        }
+    }
+
+    /// Learns from a batch of variant `index` that took `measured_ms` where its profile
+    /// predicted `profiled_ms`.
+    pub fn observe(&self, index: usize, profiled_ms: f64, measured_ms: f64) {
+        if !(profiled_ms > 0.0 && measured_ms.is_finite()) {
+            return;
+        }
+        let ratio = (measured_ms / profiled_ms).clamp(0.25, 8.0);
+        let mut calibration = self.calibration.lock().unwrap_or_else(|e| e.into_inner());
+        let factor = &mut calibration[index];
+        *factor = (1.0 - CALIBRATION_WEIGHT) * *factor + CALIBRATION_WEIGHT * ratio;
+    }
+
+    /// The factor that scales variant `index`'s profiled latency (1 before any batch).
+    pub fn calibration(&self, index: usize) -> f64 {
+        self.calibration.lock().unwrap_or_else(|e| e.into_inner())[index]
+    }
+
+    /// Profiled compute of `sentences` sentences, the longest `max_len` tokens, on
+    /// variant `index`, before calibration.
+    pub fn profiled_ms(&self, index: usize, sentences: usize, max_len: usize) -> f64 {
+        self.variants[index].latency.predict_ms(sentences, max_len)
+    }
+
+    pub fn variants(&self) -> &[RoutedVariant] {
+        &self.variants
+    }
+
+    pub fn default_budget_ms(&self) -> f64 {
+        self.default_budget_ms
+    }
+
+    /// Predicted compute of `sentences` sentences, the longest `max_len` tokens, on
+    /// variant `index`: its profile, calibrated by what the server measured.
+    pub fn compute_ms(&self, index: usize, sentences: usize, max_len: usize) -> f64 {
+        self.profiled_ms(index, sentences, max_len) * self.calibration(index)
+    }
+
+    /// The variant for a request of `sentences` sentences whose longest source has
+    /// `max_len` tokens, when `queued_ms` of work is ahead of it.
+    pub fn choose(
+        &self,
+        budget: &Budget,
+        sentences: usize,
+        max_len: usize,
+        queued_ms: f64,
+    ) -> Result<Decision, RouteError> {
+        let decide = |variant: usize| {
+            let compute_ms = self.compute_ms(variant, sentences, max_len);
+            Decision {
+                variant,
+                compute_ms,
+                predicted_ms: queued_ms + compute_ms,
+            }
+        };
+        let mut candidates: Vec<usize> = match &budget.variant {
+            Some(name) => vec![self.index_of(name)?],
+            None => (0..self.variants.len()).collect(),
+        };
+        if let Some(min_bleu) = budget.min_bleu {
+            let best_bleu = candidates
+                .iter()
+                .map(|&i| self.variants[i].bleu)
+                .fold(f64::NEG_INFINITY, f64::max);
+            candidates.retain(|&i| self.variants[i].bleu >= min_bleu);
+            if candidates.is_empty() {
+                return Err(RouteError::QualityUnreachable {
+                    min_bleu,
+                    best_bleu,
+                });
+            }
+        }
+        let decisions: Vec<Decision> = candidates.into_iter().map(decide).collect();
+        let fastest = || {
+            decisions
+                .iter()
+                .min_by(|a, b| a.compute_ms.total_cmp(&b.compute_ms))
+                .cloned()
+                .expect("at least one candidate")
+        };
+        let max_ms = match (budget.max_ms, budget.tier) {
+            (Some(ms), _) => ms,
+            (None, Some(Tier::Fast)) => return Ok(fastest()),
+            // A variant asked for by name takes the time it takes.
+            (None, Some(Tier::Best)) => f64::INFINITY,
+            (None, None) if budget.variant.is_some() => f64::INFINITY,
+            // A quality floor alone asks for the cheapest variant that meets it.
+            (None, None) if budget.min_bleu.is_some() => return Ok(fastest()),
+            (None, _) => self.default_budget_ms,
+        };
+        let best = decisions
+            .iter()
+            .filter(|d| d.predicted_ms <= max_ms)
+            .max_by(|a, b| {
+                let (va, vb) = (&self.variants[a.variant], &self.variants[b.variant]);
+                va.bleu
+                    .total_cmp(&vb.bleu)
+                    .then(b.compute_ms.total_cmp(&a.compute_ms))
+            });
+        if let Some(best) = best {
+            return Ok(best.clone());
+        }
+        let fastest = fastest();
+        if fastest.compute_ms > max_ms {
+            return Err(RouteError::BudgetUnreachable {
+                max_ms,
+                fastest_ms: fastest.compute_ms,
+            });
+        }
+        Err(RouteError::Overloaded {
+            max_ms,
+            queued_ms,
+            retry_after_ms: fastest.predicted_ms - max_ms,
+        })
+    }
+
+    fn index_of(&self, name: &str) -> Result<usize, RouteError> {
+        self.variants
+            .iter()
+            .position(|v| v.name == name)
+            .ok_or_else(|| RouteError::UnknownVariant {
+                name: name.to_string(),
+                known: self
+                    .variants
+                    .iter()
+                    .map(|v| v.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three variants with flat latency per sentence: slow and good, medium, fast and poor.
+    fn router() -> Router {
+        let flat = |ms_per_sentence: f64| LatencyTable {
+            lengths: vec![20.0],
+            batches: vec![1, 10],
+            ms: vec![vec![ms_per_sentence, 10.0 * ms_per_sentence]],
+        };
+        let variant = |name: &str, bleu, ms| RoutedVariant {
+            name: name.into(),
+            bleu,
+            latency: flat(ms),
+        };
+        Router::new(
+            vec![
+                variant("teacher/beam4", 25.0, 100.0),
+                variant("teacher/greedy", 22.0, 30.0),
+                variant("nat/one-pass", 20.0, 5.0),
+            ],
+            200.0,
+        )
+    }
+
+    fn pick(budget: Budget, queued_ms: f64) -> Result<String, RouteError> {
+        let r = router();
+        r.choose(&budget, 1, 20, queued_ms)
+            .map(|d| r.variants()[d.variant].name.clone())
+    }
+
+    fn within(ms: f64) -> Budget {
+        Budget {
+            max_ms: Some(ms),
+            ..Budget::default()
+        }
+    }
+
+    #[test]
+    fn the_best_variant_that_fits_the_budget_wins_and_load_pushes_to_faster_ones() {
+        assert_eq!(pick(within(150.0), 0.0).unwrap(), "teacher/beam4");
+        assert_eq!(pick(within(50.0), 0.0).unwrap(), "teacher/greedy");
+        assert_eq!(pick(within(10.0), 0.0).unwrap(), "nat/one-pass");
+        // The same budget under load: 100 ms queued leaves 50 ms, then 10 ms.
+        assert_eq!(pick(within(150.0), 100.0).unwrap(), "teacher/greedy");
+        assert_eq!(pick(within(150.0), 140.0).unwrap(), "nat/one-pass");
+        // No budget: the server's default of 200 ms.
+        assert_eq!(pick(Budget::default(), 0.0).unwrap(), "teacher/beam4");
+        assert_eq!(pick(Budget::default(), 150.0).unwrap(), "teacher/greedy");
+    }
+
+    #[test]
+    fn measured_batches_calibrate_the_profile() {
+        let r = router();
+        assert_eq!(r.compute_ms(1, 1, 20), 30.0);
+        // Batches of teacher/greedy take twice their profile: the factor moves a fifth
+        // of the way each time, towards 2.
+        for _ in 0..30 {
+            r.observe(1, 30.0, 60.0);
+        }
+        assert!((r.calibration(1) - 2.0).abs() < 0.01);
+        assert!((r.compute_ms(1, 1, 20) - 60.0).abs() < 0.5);
+        assert_eq!(r.calibration(0), 1.0);
+        // Now greedy no longer fits 50 ms; the NAT does.
+        assert_eq!(
+            r.choose(&within(50.0), 1, 20, 0.0).map(|d| d.variant),
+            Ok(2)
+        );
+        // Absurd measurements are bounded.
+        r.observe(2, 5.0, 1e9);
+        assert!(r.calibration(2) <= 1.0 + 0.2 * 7.0 + 1e-9);
+    }
+
+    #[test]
+    fn overload_and_impossible_budgets_are_refused_with_their_reason() {
+        match pick(within(150.0), 149.0).unwrap_err() {
+            RouteError::Overloaded { retry_after_ms, .. } => {
+                assert!((retry_after_ms - 4.0).abs() < 1e-9)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            pick(within(2.0), 0.0).unwrap_err(),
+            RouteError::BudgetUnreachable { fastest_ms, .. } if fastest_ms == 5.0
+        ));
+    }
+
+    #[test]
+    fn quality_floors_tiers_and_named_variants() {
+        let floor = |bleu| Budget {
+            min_bleu: Some(bleu),
+            ..Budget::default()
+        };
+        // A floor alone: the cheapest variant that meets it.
+        assert_eq!(pick(floor(21.0), 0.0).unwrap(), "teacher/greedy");
+        assert!(matches!(
+            pick(floor(30.0), 0.0).unwrap_err(),
+            RouteError::QualityUnreachable { best_bleu, .. } if best_bleu == 25.0
+        ));
+        // A floor and a budget: the floor first, then the best that fits.
+        let both = Budget {
+            min_bleu: Some(21.0),
+            max_ms: Some(20.0),
+            ..Budget::default()
+        };
+        assert!(matches!(
+            pick(both, 0.0).unwrap_err(),
+            RouteError::BudgetUnreachable { fastest_ms, .. } if fastest_ms == 30.0
+        ));
+        let tier = |tier| Budget {
+            tier: Some(tier),
+            ..Budget::default()
+        };
+        assert_eq!(pick(tier(Tier::Fast), 1000.0).unwrap(), "nat/one-pass");
+        assert_eq!(pick(tier(Tier::Best), 1000.0).unwrap(), "teacher/beam4");
+        assert_eq!(pick(tier(Tier::Balanced), 150.0).unwrap(), "teacher/greedy");
+        assert_eq!("best".parse::<Tier>(), Ok(Tier::Best));
+        assert!(
+            "fastest"
+                .parse::<Tier>()
+                .unwrap_err()
+                .contains("fast, balanced")
+        );
+        let named = Budget {
+            variant: Some("teacher/greedy".into()),
+            ..Budget::default()
+        };
+        assert_eq!(pick(named, 0.0).unwrap(), "teacher/greedy");
+        // A named variant without a budget is not held to the default one.
+        let slow = Budget {
+            variant: Some("teacher/beam4".into()),
+            ..Budget::default()
+        };
+        assert_eq!(pick(slow, 10_000.0).unwrap(), "teacher/beam4");
+        let unknown = Budget {
+            variant: Some("x".into()),
+            ..Budget::default()
+        };
+        assert!(matches!(
+            pick(unknown, 0.0).unwrap_err(),
+            RouteError::UnknownVariant { known, .. } if known.contains("nat/one-pass")
+        ));
+    }
+}
