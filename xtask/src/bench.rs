@@ -195,7 +195,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
     eprintln!("$ cargo {}", args.join(" "));
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)

@@ -6,12 +6,14 @@
 //! - `bench`: criterion benchmarks plus one report of quality and speed of every
 //!   trained variant (`target/paragen-report/`, `docs/results.md`);
 //! - `tidy`: repository rules (crate docs, one-way crate dependencies);
-//! - `fuzz`: every cargo-fuzz target for a number of inputs, results in `docs/fuzzing.md`.
+//! - `fuzz`: every cargo-fuzz target for a number of inputs, results in `docs/fuzzing.md`;
+//! - `load`: the load generator of `paragen serve` (127.0.0.1 only), `docs/serving.md`.
 
 mod bench;
 mod ci;
 mod data;
 mod fuzz;
+mod load;
 mod report;
 mod tidy;
 
@@ -36,6 +38,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run every cargo-fuzz target (nightly, cargo-fuzz) and write docs/fuzzing.md.
     Fuzz(fuzz::FuzzArgs),
+    /// Load `paragen serve` on 127.0.0.1 at 1x, 2x and 10x its capacity, with the
+    /// router and with fixed variants, and write docs/serving.md.
+    Load(load::LoadArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         Command::Tidy => tidy::run(),
         Command::Bench(args) => bench::run(args),
         Command::Fuzz(args) => fuzz::run(args),
+        Command::Load(args) => load::run(args),
     }
 }
 

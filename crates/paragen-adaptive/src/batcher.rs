@@ -70,6 +70,18 @@ impl<T> Batcher<T> {
         self.waiting
     }
 
+    /// Per variant, the sentences waiting and the longest of them (tokens).
+    pub fn waiting_per_variant(&self) -> Vec<(usize, usize)> {
+        self.queues
+            .iter()
+            .map(|q| {
+                let sentences = q.iter().map(|w| w.sentences).sum();
+                let longest = q.iter().map(|w| w.max_len).max().unwrap_or(0);
+                (sentences, longest)
+            })
+            .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.waiting == 0
     }
@@ -240,6 +252,7 @@ mod tests {
         let (full, item) = b.push(0, 2, 10, t1, "third").unwrap_err();
         assert_eq!((full.waiting, full.limit, item), (4, 5, "third"));
         let later = t1 + Duration::from_millis(20);
+        assert_eq!(b.waiting_per_variant(), [(2, 10), (2, 10)]);
         assert_eq!(b.next_batch(later, false), Ok((1, vec!["first"])));
         assert_eq!(b.next_batch(later, false), Ok((0, vec!["second"])));
         // A request larger than the limit is taken when nothing waits.

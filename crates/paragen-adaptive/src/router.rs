@@ -57,6 +57,8 @@ pub struct RoutedVariant {
     pub name: String,
     pub bleu: f64,
     pub latency: LatencyTable,
+    /// Most sentences in one of its batches (the batcher's limit); 0: no limit.
+    pub max_batch: usize,
 }
 
 /// The variant chosen for a request.
@@ -100,18 +102,26 @@ pub struct Router {
     variants: Vec<RoutedVariant>,
     /// The time budget of requests that give none ([`Tier::Balanced`]).
     default_budget_ms: f64,
-    /// Per variant, measured compute over profiled prediction (a moving average): a
-    /// profile is measured back to back on warm caches, while a server decodes after
-    /// idle gaps, beside its HTTP threads; the router learns the difference as it serves.
-    calibration: std::sync::Mutex<Vec<f64>>,
+    /// Per variant, the last [`CALIBRATION_BATCHES`] ratios of measured compute over
+    /// profiled prediction: a profile is measured back to back on warm caches, while a
+    /// server decodes after idle gaps, beside its HTTP threads and other processes. The
+    /// router scales each profile by a high quantile of its ratios, so that it predicts
+    /// a bad case rather than the typical one, and the requests it admits meet their
+    /// budget at the 95th percentile, not only at the median.
+    calibration: std::sync::Mutex<Vec<std::collections::VecDeque<f64>>>,
 }
 
-/// Weight of the newest batch in the calibration's moving average.
-const CALIBRATION_WEIGHT: f64 = 0.2;
+/// Batches each variant's calibration remembers.
+const CALIBRATION_BATCHES: usize = 64;
+/// Batches of its own a variant needs before its calibration stops borrowing the
+/// other variants'.
+const CALIBRATION_MIN_OWN: usize = 8;
+/// The quantile of the measured/profiled ratios that scales a profile.
+const CALIBRATION_QUANTILE: f64 = 0.9;
 
 impl Router {
     pub fn new(variants: Vec<RoutedVariant>, default_budget_ms: f64) -> Self {
-        let calibration = std::sync::Mutex::new(vec![1.0; variants.len()]);
+        let calibration = std::sync::Mutex::new(vec![Default::default(); variants.len()]);
         Self {
             variants,
             default_budget_ms,
@@ -127,13 +137,29 @@ impl Router {
         }
         let ratio = (measured_ms / profiled_ms).clamp(0.25, 8.0);
         let mut calibration = self.calibration.lock().unwrap_or_else(|e| e.into_inner());
-        let factor = &mut calibration[index];
-        *factor = (1.0 - CALIBRATION_WEIGHT) * *factor + CALIBRATION_WEIGHT * ratio;
+        let ratios = &mut calibration[index];
+        if ratios.len() == CALIBRATION_BATCHES {
+            ratios.pop_front();
+        }
+        ratios.push_back(ratio);
     }
 
-    /// The factor that scales variant `index`'s profiled latency (1 before any batch).
+    /// The factor that scales variant `index`'s profiled latency: the
+    /// [`CALIBRATION_QUANTILE`] of its recent measured/profiled ratios; of every
+    /// variant's while it has fewer than [`CALIBRATION_MIN_OWN`] batches (the machine's
+    /// state moves all variants alike); 1 before any batch.
     pub fn calibration(&self, index: usize) -> f64 {
-        self.calibration.lock().unwrap_or_else(|e| e.into_inner())[index]
+        let calibration = self.calibration.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ratios: Vec<f64> = match calibration[index].len() >= CALIBRATION_MIN_OWN {
+            true => calibration[index].iter().copied().collect(),
+            false => calibration.iter().flatten().copied().collect(),
+        };
+        if ratios.is_empty() {
+            return 1.0;
+        }
+        ratios.sort_by(f64::total_cmp);
+        let rank = (CALIBRATION_QUANTILE * ratios.len() as f64).ceil() as usize;
+        ratios[rank.clamp(1, ratios.len()) - 1]
     }
 
     /// Profiled compute of `sentences` sentences, the longest `max_len` tokens, on
@@ -157,22 +183,43 @@ impl Router {
     }
 
     /// The variant for a request of `sentences` sentences whose longest source has
-    /// `max_len` tokens, when `queued_ms` of work is ahead of it.
+    /// `max_len` tokens, when `queued_ms` of work is ahead of it and `waiting[v]`
+    /// (sentences, longest in tokens) already wait for variant `v` (the request would
+    /// join their batch).
+    ///
+    /// A request's cost on a variant is its marginal cost: what it adds to the batch it
+    /// joins. Admitted work is accounted that way too, so `queued_ms` plus the marginal
+    /// cost is when that batch is predicted to finish.
     pub fn choose(
         &self,
         budget: &Budget,
         sentences: usize,
         max_len: usize,
         queued_ms: f64,
+        waiting: &[(usize, usize)],
     ) -> Result<Decision, RouteError> {
         let decide = |variant: usize| {
-            let compute_ms = self.compute_ms(variant, sentences, max_len);
+            let (pending, longest) = waiting.get(variant).copied().unwrap_or((0, 0));
+            // The request joins the last, partly filled batch of those waiting; the
+            // batch pads to its longest sentence, old or new.
+            let max_batch = self.variants[variant].max_batch;
+            let pending = match max_batch {
+                0 => pending,
+                max => pending % max,
+            };
+            let len = max_len.max(longest);
+            let before = match pending {
+                0 => 0.0,
+                n => self.compute_ms(variant, n, len),
+            };
+            let compute_ms = self.compute_ms(variant, pending + sentences, len) - before;
             Decision {
                 variant,
                 compute_ms,
                 predicted_ms: queued_ms + compute_ms,
             }
         };
+        let alone = |variant: usize| self.compute_ms(variant, sentences, max_len);
         let mut candidates: Vec<usize> = match &budget.variant {
             Some(name) => vec![self.index_of(name)?],
             None => (0..self.variants.len()).collect(),
@@ -221,10 +268,14 @@ impl Router {
             return Ok(best.clone());
         }
         let fastest = fastest();
-        if fastest.compute_ms > max_ms {
+        let fastest_alone = decisions
+            .iter()
+            .map(|d| alone(d.variant))
+            .fold(f64::INFINITY, f64::min);
+        if fastest_alone > max_ms {
             return Err(RouteError::BudgetUnreachable {
                 max_ms,
-                fastest_ms: fastest.compute_ms,
+                fastest_ms: fastest_alone,
             });
         }
         Err(RouteError::Overloaded {
@@ -265,6 +316,7 @@ mod tests {
             name: name.into(),
             bleu,
             latency: flat(ms),
+            max_batch: 8,
         };
         Router::new(
             vec![
@@ -278,7 +330,7 @@ mod tests {
 
     fn pick(budget: Budget, queued_ms: f64) -> Result<String, RouteError> {
         let r = router();
-        r.choose(&budget, 1, 20, queued_ms)
+        r.choose(&budget, 1, 20, queued_ms, &[])
             .map(|d| r.variants()[d.variant].name.clone())
     }
 
@@ -306,22 +358,43 @@ mod tests {
     fn measured_batches_calibrate_the_profile() {
         let r = router();
         assert_eq!(r.compute_ms(1, 1, 20), 30.0);
-        // Batches of teacher/greedy take twice their profile: the factor moves a fifth
-        // of the way each time, towards 2.
-        for _ in 0..30 {
-            r.observe(1, 30.0, 60.0);
+        // Batches of teacher/greedy take 1x to 2x their profile: the router predicts
+        // with the 90th percentile of the ratios, not their mean.
+        for i in 0..10 {
+            r.observe(1, 30.0, 30.0 + 30.0 * f64::from(i) / 9.0);
         }
-        assert!((r.calibration(1) - 2.0).abs() < 0.01);
-        assert!((r.compute_ms(1, 1, 20) - 60.0).abs() < 0.5);
-        assert_eq!(r.calibration(0), 1.0);
+        assert!((r.calibration(1) - 1.0 - 8.0 / 9.0).abs() < 1e-9);
+        // A variant without batches of its own borrows the others' calibration.
+        assert_eq!(r.calibration(0), r.calibration(1));
         // Now greedy no longer fits 50 ms; the NAT does.
         assert_eq!(
-            r.choose(&within(50.0), 1, 20, 0.0).map(|d| d.variant),
+            r.choose(&within(50.0), 1, 20, 0.0, &[]).map(|d| d.variant),
             Ok(2)
         );
         // Absurd measurements are bounded.
-        r.observe(2, 5.0, 1e9);
-        assert!(r.calibration(2) <= 1.0 + 0.2 * 7.0 + 1e-9);
+        for _ in 0..8 {
+            r.observe(2, 5.0, 1e9);
+        }
+        assert_eq!(r.calibration(2), 8.0);
+    }
+
+    #[test]
+    fn a_request_costs_what_it_adds_to_the_batch_it_joins() {
+        let r = router();
+        // Four sentences wait for teacher/beam4 (latency 100 ms per sentence up to
+        // batch 10): one more adds 100 ms, and the batch ends 100 ms after the queue.
+        let d = r
+            .choose(&within(1000.0), 1, 20, 400.0, &[(4, 20), (0, 0), (0, 0)])
+            .unwrap();
+        assert_eq!(d.variant, 0);
+        assert!((d.compute_ms - 100.0).abs() < 1e-9);
+        assert!((d.predicted_ms - 500.0).abs() < 1e-9);
+        // Eight waiting fill a batch: the request starts the next one, alone (100 ms at
+        // 1 sentence), and so does a request of two (latency 100 ms per sentence).
+        let d = r
+            .choose(&within(1000.0), 2, 20, 800.0, &[(8, 20), (0, 0), (0, 0)])
+            .unwrap();
+        assert!((d.compute_ms - 200.0).abs() < 1e-9);
     }
 
     #[test]

@@ -93,6 +93,7 @@ impl Shared {
                     name: v.profile.name.clone(),
                     bleu: v.profile.bleu,
                     latency: v.profile.latency.clone(),
+                    max_batch: v.policy.max_sentences,
                 })
                 .collect(),
             default_budget_ms,
@@ -152,9 +153,10 @@ impl Shared {
         }
         // A request also waits up to the batching delay for others to join it.
         let ahead = queue.queued_ms + self.max_wait_ms;
-        let decision = self
-            .router
-            .choose(budget, texts.len(), max_len.min(1 << 16), ahead)?;
+        let waiting = queue.batcher.waiting_per_variant();
+        let decision =
+            self.router
+                .choose(budget, texts.len(), max_len.min(1 << 16), ahead, &waiting)?;
         let variant = &self.variants[decision.variant];
         let own = lengths(&variant.tokenizer);
         if let Some((index, &tokens)) = own
