@@ -65,10 +65,12 @@ pub struct RoutedVariant {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     pub variant: usize,
-    /// Predicted compute of this request alone.
+    /// Predicted compute this request adds to its batch.
     pub compute_ms: f64,
     /// Predicted answer time: the queue ahead plus the compute.
     pub predicted_ms: f64,
+    /// The same before the answers' calibration ([`Router::observe_answer`] takes it).
+    pub model_ms: f64,
 }
 
 /// Why no variant may answer a request.
@@ -109,7 +111,18 @@ pub struct Router {
     /// a bad case rather than the typical one, and the requests it admits meet their
     /// budget at the 95th percentile, not only at the median.
     calibration: std::sync::Mutex<Vec<std::collections::VecDeque<f64>>>,
+    /// The last [`LATENESS_ANSWERS`] ratios of a request's measured answer time (queue
+    /// and compute) over its prediction: batches form, split and reorder in ways the
+    /// batch-level model does not follow exactly, so the router also scales whole
+    /// predictions by the [`LATENESS_QUANTILE`] of these ratios.
+    lateness: std::sync::Mutex<std::collections::VecDeque<f64>>,
 }
+
+/// Answers the lateness calibration remembers.
+const LATENESS_ANSWERS: usize = 256;
+/// The quantile of answer-time ratios that scales predictions: the budget is meant to
+/// hold for the 95th percentile of admitted requests.
+const LATENESS_QUANTILE: f64 = 0.95;
 
 /// Batches each variant's calibration remembers.
 const CALIBRATION_BATCHES: usize = 64;
@@ -126,7 +139,35 @@ impl Router {
             variants,
             default_budget_ms,
             calibration,
+            lateness: Default::default(),
         }
+    }
+
+    /// Learns from a request answered `measured_ms` after admission, predicted (before
+    /// this calibration) at `model_ms`.
+    pub fn observe_answer(&self, model_ms: f64, measured_ms: f64) {
+        if !(model_ms > 0.0 && measured_ms.is_finite()) {
+            return;
+        }
+        let mut lateness = self.lateness.lock().unwrap_or_else(|e| e.into_inner());
+        if lateness.len() == LATENESS_ANSWERS {
+            lateness.pop_front();
+        }
+        lateness.push_back((measured_ms / model_ms).clamp(0.5, 4.0));
+    }
+
+    /// The factor that scales whole predictions: the [`LATENESS_QUANTILE`] of the
+    /// recent answers' ratios, at least 1 (a model that predicts late is kept, not
+    /// stretched), 1 before 20 answers.
+    pub fn lateness(&self) -> f64 {
+        let lateness = self.lateness.lock().unwrap_or_else(|e| e.into_inner());
+        if lateness.len() < 20 {
+            return 1.0;
+        }
+        let mut ratios: Vec<f64> = lateness.iter().copied().collect();
+        ratios.sort_by(f64::total_cmp);
+        let rank = (LATENESS_QUANTILE * ratios.len() as f64).ceil() as usize;
+        ratios[rank.clamp(1, ratios.len()) - 1].max(1.0)
     }
 
     /// Learns from a batch of variant `index` that took `measured_ms` where its profile
@@ -198,6 +239,7 @@ impl Router {
         queued_ms: f64,
         waiting: &[(usize, usize)],
     ) -> Result<Decision, RouteError> {
+        let lateness = self.lateness();
         let decide = |variant: usize| {
             let (pending, longest) = waiting.get(variant).copied().unwrap_or((0, 0));
             // The request joins the last, partly filled batch of those waiting; the
@@ -216,7 +258,8 @@ impl Router {
             Decision {
                 variant,
                 compute_ms,
-                predicted_ms: queued_ms + compute_ms,
+                predicted_ms: (queued_ms + compute_ms) * lateness,
+                model_ms: queued_ms + compute_ms,
             }
         };
         let alone = |variant: usize| self.compute_ms(variant, sentences, max_len);
@@ -376,6 +419,25 @@ mod tests {
             r.observe(2, 5.0, 1e9);
         }
         assert_eq!(r.calibration(2), 8.0);
+    }
+
+    #[test]
+    fn late_answers_stretch_every_prediction() {
+        let r = router();
+        let before = r.choose(&within(1000.0), 1, 20, 0.0, &[]).unwrap();
+        assert_eq!(before.predicted_ms, before.model_ms);
+        // 19 answers are not enough; at 100, one in ten took 1.5x: the 95th percentile.
+        for i in 0..100 {
+            r.observe_answer(100.0, if i % 10 == 0 { 150.0 } else { 90.0 });
+        }
+        assert_eq!(r.lateness(), 1.5);
+        let after = r.choose(&within(1000.0), 1, 20, 0.0, &[]).unwrap();
+        assert!((after.predicted_ms - 1.5 * after.model_ms).abs() < 1e-9);
+        // teacher/beam4 (100 ms) no longer fits a 120 ms budget.
+        assert_eq!(
+            r.choose(&within(120.0), 1, 20, 0.0, &[]).unwrap().variant,
+            1
+        );
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct Job {
     longest: usize,
     admitted: Instant,
     predicted_compute_ms: f64,
+    /// The router's prediction of its answer time, before lateness calibration.
+    model_ms: f64,
     reply: oneshot::Sender<Result<Answer, String>>,
 }
 
@@ -178,6 +180,7 @@ impl Shared {
             longest,
             admitted: Instant::now(),
             predicted_compute_ms: decision.compute_ms,
+            model_ms: decision.model_ms,
             reply,
         };
         queue
@@ -285,6 +288,10 @@ pub fn run_engine<B: Backend>(shared: &Shared, runs: &[LoadedRun<B>]) {
         shared.finished(&live);
         shared.finished(&gone);
         for job in live {
+            if outputs.is_ok() {
+                let measured = job.admitted.elapsed().as_secs_f64() * 1000.0;
+                shared.router.observe_answer(job.model_ms, measured);
+            }
             let answer = match &mut outputs {
                 Ok(outputs) => Ok(Answer {
                     translations: outputs.by_ref().take(job.texts.len()).collect(),
