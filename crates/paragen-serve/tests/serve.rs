@@ -331,3 +331,51 @@ impl Server {
         thread.join().unwrap().unwrap();
     }
 }
+
+/// Chromium, for the page's end-to-end test: `.ci/run` installs it and sets
+/// `PARAGEN_REQUIRE_BROWSER`, which turns its absence into a failure.
+fn chromium() -> Option<PathBuf> {
+    let found = ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|name| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join(name))
+                    .find(|path| path.is_file())
+            })
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("PARAGEN_REQUIRE_BROWSER").is_none(),
+            "PARAGEN_REQUIRE_BROWSER is set and no chromium is on PATH"
+        );
+        eprintln!("no chromium on PATH: the page's browser test is skipped");
+    }
+    found
+}
+
+#[test]
+fn the_page_translates_in_a_headless_browser() {
+    let Some(browser) = chromium() else { return };
+    let server = Server::start(256);
+    let url = server.url("/?text=God%20is%20love.&variant=ctc/one-pass");
+    let out = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("<p id=\"meta\">ctc/one-pass (valid BLEU"),
+        "no translation on the page: {dom}"
+    );
+    // The live variant table is filled from GET /v1/variants.
+    assert!(dom.contains("<td>ar/beam4</td>"), "{dom}");
+    server.stop();
+}
