@@ -831,3 +831,117 @@ fn a_decode_that_cannot_fit_in_memory_is_refused_before_it_starts() {
         "refused only after decoding"
     );
 }
+
+/// One HTTP/1.1 request over a plain socket: the status line's code and the body.
+fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+#[test]
+fn serve_answers_over_http_and_stops_on_sigterm_and_workers_translate_alike() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, teacher) = (dir.path().join("data"), dir.path().join("teacher"));
+    let (data, teacher) = (data.to_str().unwrap(), teacher.to_str().unwrap());
+    tiny_teacher(dir.path(), data, teacher);
+
+    let input = dir.path().join("input.txt");
+    std::fs::write(
+        &input,
+        "God is love.\n\nIn the beginning.\nLight.\nAnd darkness.\n",
+    )
+    .unwrap();
+    let translate = |workers: &str| {
+        let out = paragen(&[
+            "translate",
+            "--model",
+            teacher,
+            "--input",
+            input.to_str().unwrap(),
+            "--workers",
+            workers,
+            "--batch-size",
+            "2",
+        ]);
+        ok(&out);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let one = translate("1");
+    assert_eq!(one.lines().count(), 5);
+    assert_eq!(translate("3"), one);
+
+    let mut server = Command::new(env!("CARGO_BIN_EXE_paragen"))
+        .args([
+            "--backend",
+            "ndarray",
+            "serve",
+            "--models",
+            teacher,
+            "--data",
+            data,
+        ])
+        .args(["--addr", "127.0.0.1:0", "--profile-sentences", "8"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = std::io::BufReader::new(server.stderr.take().unwrap());
+    let address = loop {
+        let mut line = String::new();
+        assert!(
+            log.read_line(&mut line).unwrap() > 0,
+            "the server exited before listening"
+        );
+        if let Some(at) = line.find("listening on http://") {
+            break line[at + "listening on http://".len()..].trim().to_string();
+        }
+    };
+    let (status, body) = http(
+        &address,
+        "POST",
+        "/v1/translate",
+        r#"{"text": "God is love."}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        answer["variant"].as_str().unwrap().starts_with("teacher/"),
+        "{body}"
+    );
+    let greedy = r#"{"text": "God is love.", "variant": "teacher/greedy"}"#;
+    let (status, body) = http(&address, "POST", "/v1/translate", greedy);
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["translation"], one.lines().next().unwrap());
+    let (status, body) = http(&address, "POST", "/v1/translate", "{not json");
+    assert_eq!(status, 400, "{body}");
+    // The profile is kept beside the model for the next start.
+    assert!(Path::new(teacher).join("variants.json").is_file());
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = server.wait().unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM must stop the server cleanly: {status}"
+    );
+}
