@@ -9,6 +9,38 @@ use paragen_infer::{
     translate_texts_with,
 };
 
+/// Splits a document into sentences: after `.`, `!` or `?` (and closing quotes or
+/// brackets) followed by white space, and at line breaks. Blank pieces are dropped.
+pub fn split_sentences(document: &str) -> Vec<String> {
+    let mut sentences = Vec::new();
+    for line in document.lines() {
+        let chars: Vec<char> = line.chars().collect();
+        let mut start = 0;
+        for i in 0..chars.len() {
+            if !matches!(chars[i], '.' | '!' | '?') {
+                continue;
+            }
+            // Closing quotes and brackets stay with the sentence they close.
+            let mut end = i + 1;
+            while end < chars.len()
+                && matches!(chars[end], '"' | '\'' | ')' | ']' | '»' | '”' | '’')
+            {
+                end += 1;
+            }
+            if end == chars.len() || chars[end].is_whitespace() {
+                sentences.push(chars[start..end].iter().collect::<String>());
+                start = end;
+            }
+        }
+        sentences.push(chars[start..].iter().collect::<String>());
+    }
+    sentences
+        .into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 /// Deals sentence indices to `workers` shards of about equal work: longest first, each
 /// to the shard with the fewest tokens so far.
 pub fn shard_by_length(lengths: &[usize], workers: usize) -> Vec<Vec<usize>> {
@@ -85,6 +117,24 @@ pub fn translate_lines_parallel<B: Backend, S: AsRef<str>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn documents_split_into_sentences_at_their_ends_and_line_breaks() {
+        let document = "In the beginning. God said: \"Let there be light!\" And there was light?\n\
+                        A new line without a stop\n\n   3.5 is a number. End";
+        assert_eq!(
+            split_sentences(document),
+            [
+                "In the beginning.",
+                "God said: \"Let there be light!\"",
+                "And there was light?",
+                "A new line without a stop",
+                "3.5 is a number.",
+                "End"
+            ]
+        );
+        assert!(split_sentences("  \n ").is_empty());
+    }
 
     #[test]
     fn shards_cover_every_sentence_once_with_balanced_tokens() {

@@ -47,6 +47,8 @@ struct AppState {
 pub struct TranslateRequest {
     pub text: Option<String>,
     pub texts: Option<Vec<String>>,
+    /// A document: split into sentences, translated, joined with spaces.
+    pub document: Option<String>,
     pub budget_ms: Option<f64>,
     pub min_bleu: Option<f64>,
     pub tier: Option<Tier>,
@@ -56,7 +58,8 @@ pub struct TranslateRequest {
 /// The answer of `POST /v1/translate`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TranslateResponse {
-    /// Present when the request gave `text`.
+    /// Present when the request gave `text` (its translation) or `document` (the
+    /// translations of its sentences, joined).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub translation: Option<String>,
     /// One per input text, in order (blank texts give blank translations).
@@ -200,19 +203,21 @@ fn budget_of(request: &TranslateRequest) -> Result<Budget, ApiError> {
 
 /// The texts of a request, checked against the limits.
 fn texts_of(request: &TranslateRequest, limits: &Limits) -> Result<Vec<String>, ApiError> {
-    let texts = match (&request.text, &request.texts) {
-        (Some(text), None) => vec![text.clone()],
-        (None, Some(texts)) => texts.clone(),
-        (None, None) => {
+    let texts = match (&request.text, &request.texts, &request.document) {
+        (Some(text), None, None) => vec![text.clone()],
+        (None, Some(texts), None) => texts.clone(),
+        (None, None, Some(document)) => paragen_adaptive::parallel::split_sentences(document),
+        (None, None, None) => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "give `text` (a string) or `texts` (a list of strings)",
+                "give `text` (a string), `texts` (a list of strings) or `document` (a text \
+                 to split into sentences)",
             ));
         }
-        (Some(_), Some(_)) => {
+        _ => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "give `text` or `texts`, not both",
+                "give one of `text`, `texts` and `document`",
             ));
         }
     };
@@ -318,7 +323,11 @@ async fn translate_inner(
         })
         .collect();
     Ok(Json(TranslateResponse {
-        translation: request.text.as_ref().map(|_| translations[0].clone()),
+        translation: match (&request.text, &request.document) {
+            (Some(_), _) => Some(translations[0].clone()),
+            (_, Some(_)) => Some(translations.join(" ")),
+            _ => None,
+        },
         translations,
         variant: profile.name.clone(),
         bleu: profile.bleu,

@@ -84,10 +84,17 @@ pub struct Shared {
     pub variants: Vec<VariantInfo>,
     pub metrics: Metrics,
     max_wait_ms: f64,
+    workers: usize,
 }
 
 impl Shared {
-    pub fn new(variants: Vec<VariantInfo>, default_budget_ms: f64, max_waiting: usize) -> Self {
+    /// `workers` engine threads decode batches at once.
+    pub fn new(
+        variants: Vec<VariantInfo>,
+        default_budget_ms: f64,
+        max_waiting: usize,
+        workers: usize,
+    ) -> Self {
         let router = Router::new(
             variants
                 .iter()
@@ -116,6 +123,7 @@ impl Shared {
             variants,
             metrics: Metrics::default(),
             max_wait_ms,
+            workers: workers.max(1),
         }
     }
 
@@ -154,7 +162,8 @@ impl Shared {
             return Err(Refusal::ShuttingDown);
         }
         // A request also waits up to the batching delay for others to join it.
-        let ahead = queue.queued_ms + self.max_wait_ms;
+        // The queued work is shared by the engine threads.
+        let ahead = queue.queued_ms / self.workers as f64 + self.max_wait_ms;
         let waiting = queue.batcher.waiting_per_variant();
         let decision =
             self.router
@@ -238,6 +247,7 @@ impl Shared {
 }
 
 /// Decodes batches until the queue is closed and empty. `runs[i]` is variant `i`.
+/// Several engine threads may run it on the same runs: the models are only read.
 pub fn run_engine<B: Backend>(shared: &Shared, runs: &[LoadedRun<B>]) {
     while let Some((variant, jobs)) = shared.next_batch() {
         let started = Instant::now();

@@ -2,10 +2,11 @@
 //!
 //! Every variant of a models directory is loaded and profiled (or its stored profile
 //! read), the router picks one per request under its budget, requests wait in bounded
-//! per-variant queues and are decoded in dynamic batches by one engine thread that owns
-//! the models, and the HTTP side (axum on tokio) answers:
+//! per-variant queues and are decoded in dynamic batches by the engine threads (one by
+//! default) that own the models, and the HTTP side (axum on tokio) answers:
 //!
-//! - `POST /v1/translate` `{"text"|"texts", "budget_ms"?, "min_bleu"?, "tier"?, "variant"?}`;
+//! - `POST /v1/translate` `{"text"|"texts"|"document", "budget_ms"?, "min_bleu"?, "tier"?,
+//!   "variant"?}` (a document is split into sentences, translated, and joined);
 //! - `GET /v1/variants` (profiles), `GET /health`, `GET /metrics` (Prometheus), `GET /`
 //!   (a page to try it).
 //!
@@ -79,6 +80,8 @@ pub struct ServeOptions {
     pub max_wait: Duration,
     /// Most sentences that may wait in all queues.
     pub max_waiting: usize,
+    /// Engine threads that decode batches at once (sharing the models' weights).
+    pub workers: usize,
     pub limits: Limits,
     /// Where to listen (bound by the caller, so that port 0 works).
     pub listener: std::net::TcpListener,
@@ -139,6 +142,7 @@ pub fn serve<B: Backend>(options: ServeOptions, device: &B::Device) -> Result<()
         infos,
         options.default_budget_ms,
         options.max_waiting,
+        options.workers,
     ));
     let app = api::app(shared.clone(), options.limits);
     options.listener.set_nonblocking(true)?;
@@ -166,7 +170,12 @@ pub fn serve<B: Backend>(options: ServeOptions, device: &B::Device) -> Result<()
             server_shared.close();
             served
         })?;
-    engine::run_engine(&shared, &runs);
+    std::thread::scope(|scope| {
+        for _ in 1..options.workers {
+            scope.spawn(|| engine::run_engine(&shared, &runs));
+        }
+        engine::run_engine(&shared, &runs);
+    });
     let served = server
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("the HTTP thread panicked")));

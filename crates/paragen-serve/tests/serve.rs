@@ -90,6 +90,7 @@ impl Server {
             default_budget_ms: 10_000.0,
             max_wait: Duration::from_millis(2),
             max_waiting,
+            workers: 2,
             limits: Limits {
                 max_body_bytes: 4096,
                 max_texts: 8,
@@ -199,6 +200,15 @@ fn translates_routes_and_refuses_bad_requests_with_their_reason() {
     assert_eq!(many.translations[1], "");
     assert!(many.batch_sentences >= 2);
 
+    let document = server.translate(
+        json!({ "document": "In the beginning. Light!\nDarkness.", "variant": "ar/greedy" }),
+    );
+    assert_eq!(document.translations.len(), 3);
+    assert_eq!(
+        document.translation.unwrap(),
+        document.translations.join(" ")
+    );
+
     // The fast tier takes the variant predicted fastest.
     let fastest = variants
         .variants
@@ -212,6 +222,7 @@ fn translates_routes_and_refuses_bad_requests_with_their_reason() {
         ("{\"text\": ", 400, "EOF"),
         ("{\"txt\": \"a\"}", 400, "unknown field `txt`"),
         ("{}", 400, "give `text`"),
+        ("{\"text\": \"a\", \"document\": \"b\"}", 400, "give one of"),
         ("{\"text\": \"  \"}", 400, "every text is blank"),
         (
             "{\"text\": \"a\", \"budget_ms\": -1}",
@@ -261,11 +272,12 @@ fn translates_routes_and_refuses_bad_requests_with_their_reason() {
     assert!(health.contains("\"status\":\"ok\""), "{health}");
     let (_, metrics) = server.get("/metrics");
     assert!(
-        metrics.contains("paragen_requests_total{status=\"200\"} 3"),
+        metrics.contains("paragen_requests_total{status=\"200\"} 4"),
         "{metrics}"
     );
     assert!(metrics.contains("paragen_variant_choices_total{variant=\"ctc/one-pass\"}"));
     assert!(metrics.contains("paragen_rejections_total{reason=\"too_large\"} 2"));
+    assert!(metrics.contains("paragen_rejections_total{reason=\"bad_request\"} 7"));
     server.stop();
 }
 

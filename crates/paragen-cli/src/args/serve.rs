@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Seconds a request may wait for its answer before a 504.
     #[arg(long, default_value_t = 30, value_parser = in_range(1, 3600))]
     pub timeout_s: usize,
+    /// Engine threads that decode batches at once, sharing the models' weights (on 2
+    /// cores one is usually best: each batch already uses every core).
+    #[arg(long, default_value_t = 1, value_parser = in_range(1, 64))]
+    pub workers: usize,
     /// Most texts in one request (413 beyond).
     #[arg(long, default_value_t = 256, value_parser = in_range(1, 100_000))]
     pub max_texts: usize,

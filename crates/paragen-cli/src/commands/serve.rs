@@ -44,6 +44,7 @@ impl BackendTask for Serve {
             default_budget_ms: args.budget_ms,
             max_wait: Duration::from_millis(args.max_wait_ms as u64),
             max_waiting: args.max_queue,
+            workers: args.workers,
             limits: Limits {
                 max_body_bytes: args.max_body_kib * 1024,
                 max_texts: args.max_texts,
