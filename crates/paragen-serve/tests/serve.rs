@@ -56,6 +56,10 @@ struct Server {
 
 impl Server {
     fn start(max_waiting: usize) -> Self {
+        Self::start_with(max_waiting, Duration::from_secs(60))
+    }
+
+    fn start_with(max_waiting: usize, timeout: Duration) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let valid = PreparedData::new(shipped_data())
             .pairs(Split::Valid)
@@ -95,7 +99,7 @@ impl Server {
                 max_body_bytes: 4096,
                 max_texts: 8,
                 max_text_chars: 300,
-                timeout: Duration::from_secs(60),
+                timeout,
             },
             listener,
             stop: stop.clone(),
@@ -389,5 +393,21 @@ fn the_page_translates_in_a_headless_browser() {
     );
     // The live variant table is filled from GET /v1/variants.
     assert!(dom.contains("<td>ar/beam4</td>"), "{dom}");
+    server.stop();
+}
+
+#[test]
+fn a_request_not_answered_in_time_gets_a_504_and_the_server_goes_on() {
+    let server = Server::start_with(256, Duration::from_millis(1));
+    let texts = vec!["A long sentence to decode with the beam, word after word, until the end."; 8];
+    let (status, text, _) =
+        server.post(&json!({ "texts": texts, "variant": "ar/beam4" }).to_string());
+    assert_eq!(status, 504, "{text}");
+    assert!(
+        error_of(&text).contains("no answer within 0.001 s"),
+        "{text}"
+    );
+    let (_, health) = server.get("/health");
+    assert!(health.contains("\"status\":\"ok\""), "{health}");
     server.stop();
 }
