@@ -440,8 +440,8 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     };
     let summary = json!({
-        "date": command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-        "commit": command_output("git", &["rev-parse", "--short", "HEAD"]),
+        "date": crate::bench::command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        "commit": crate::bench::command_output("git", &["rev-parse", "--short", "HEAD"]),
         "cpu": crate::bench::cpu_model(),
         "logical_cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "budget_ms": args.budget_ms,
@@ -461,14 +461,6 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     std::fs::write(out.join("serving.md"), page(&summary, &phases, &args))?;
     eprintln!("wrote {}", out.join("serving.md").display());
     Ok(())
-}
-
-fn command_output(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
 }
 
 fn page(summary: &Value, phases: &[Phase], args: &LoadArgs) -> String {

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use paragen_data::Pair;
+use paragen_infer::timing::median;
 use paragen_infer::{LoadedRun, RunDir, TranslateError, evaluate};
 use serde::{Deserialize, Serialize};
 
@@ -229,11 +230,6 @@ fn sources_near(sources: &[Vec<u32>], len: usize, count: usize) -> Vec<Vec<u32>>
         .collect()
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// Measures `loaded`, opened the way `spec` decodes, on `valid` pairs.
 pub fn measure<B: Backend>(
     spec: &VariantSpec,
@@ -285,7 +281,7 @@ pub fn measure<B: Backend>(
                 translator.decode_batch(&batch_sources)?;
                 runs.push(started.elapsed().as_secs_f64() * 1000.0);
             }
-            row.push(median(runs));
+            row.push(median(&runs));
         }
         lengths.push(mean_len);
         ms.push(row);

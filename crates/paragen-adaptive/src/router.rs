@@ -132,6 +132,25 @@ const CALIBRATION_MIN_OWN: usize = 8;
 /// The quantile of the measured/profiled ratios that scales a profile.
 const CALIBRATION_QUANTILE: f64 = 0.9;
 
+/// Appends `value` to a window that keeps the last `capacity` values.
+fn remember(window: &mut std::collections::VecDeque<f64>, value: f64, capacity: usize) {
+    if window.len() == capacity {
+        window.pop_front();
+    }
+    window.push_back(value);
+}
+
+/// The nearest-rank `q` quantile of `values`; `None` when there are none.
+fn quantile(values: impl Iterator<Item = f64>, q: f64) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.collect();
+    if sorted.is_empty() {
+        return None;
+    }
+    sorted.sort_by(f64::total_cmp);
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
 impl Router {
     pub fn new(variants: Vec<RoutedVariant>, default_budget_ms: f64) -> Self {
         let calibration = std::sync::Mutex::new(vec![Default::default(); variants.len()]);
@@ -150,10 +169,11 @@ impl Router {
             return;
         }
         let mut lateness = self.lateness.lock().unwrap_or_else(|e| e.into_inner());
-        if lateness.len() == LATENESS_ANSWERS {
-            lateness.pop_front();
-        }
-        lateness.push_back((measured_ms / model_ms).clamp(0.5, 4.0));
+        remember(
+            &mut lateness,
+            (measured_ms / model_ms).clamp(0.5, 4.0),
+            LATENESS_ANSWERS,
+        );
     }
 
     /// The factor that scales whole predictions: the [`LATENESS_QUANTILE`] of the
@@ -164,10 +184,7 @@ impl Router {
         if lateness.len() < 20 {
             return 1.0;
         }
-        let mut ratios: Vec<f64> = lateness.iter().copied().collect();
-        ratios.sort_by(f64::total_cmp);
-        let rank = (LATENESS_QUANTILE * ratios.len() as f64).ceil() as usize;
-        ratios[rank.clamp(1, ratios.len()) - 1].max(1.0)
+        quantile(lateness.iter().copied(), LATENESS_QUANTILE).map_or(1.0, |q| q.max(1.0))
     }
 
     /// Learns from a batch of variant `index` that took `measured_ms` where its profile
@@ -178,11 +195,7 @@ impl Router {
         }
         let ratio = (measured_ms / profiled_ms).clamp(0.25, 8.0);
         let mut calibration = self.calibration.lock().unwrap_or_else(|e| e.into_inner());
-        let ratios = &mut calibration[index];
-        if ratios.len() == CALIBRATION_BATCHES {
-            ratios.pop_front();
-        }
-        ratios.push_back(ratio);
+        remember(&mut calibration[index], ratio, CALIBRATION_BATCHES);
     }
 
     /// The factor that scales variant `index`'s profiled latency: the
@@ -191,16 +204,11 @@ impl Router {
     /// state moves all variants alike); 1 before any batch.
     pub fn calibration(&self, index: usize) -> f64 {
         let calibration = self.calibration.lock().unwrap_or_else(|e| e.into_inner());
-        let mut ratios: Vec<f64> = match calibration[index].len() >= CALIBRATION_MIN_OWN {
+        let ratios: Vec<f64> = match calibration[index].len() >= CALIBRATION_MIN_OWN {
             true => calibration[index].iter().copied().collect(),
             false => calibration.iter().flatten().copied().collect(),
         };
-        if ratios.is_empty() {
-            return 1.0;
-        }
-        ratios.sort_by(f64::total_cmp);
-        let rank = (CALIBRATION_QUANTILE * ratios.len() as f64).ceil() as usize;
-        ratios[rank.clamp(1, ratios.len()) - 1]
+        quantile(ratios.into_iter(), CALIBRATION_QUANTILE).unwrap_or(1.0)
     }
 
     /// Profiled compute of `sentences` sentences, the longest `max_len` tokens, on
@@ -240,6 +248,13 @@ impl Router {
         waiting: &[(usize, usize)],
     ) -> Result<Decision, RouteError> {
         let lateness = self.lateness();
+        // Each calibration factor is read once per request, not once per prediction.
+        let factors: Vec<f64> = (0..self.variants.len())
+            .map(|i| self.calibration(i))
+            .collect();
+        let cost = |variant: usize, sentences: usize, len: usize| {
+            self.profiled_ms(variant, sentences, len) * factors[variant]
+        };
         let decide = |variant: usize| {
             let (pending, longest) = waiting.get(variant).copied().unwrap_or((0, 0));
             // The request joins the last, partly filled batch of those waiting; the
@@ -252,9 +267,9 @@ impl Router {
             let len = max_len.max(longest);
             let before = match pending {
                 0 => 0.0,
-                n => self.compute_ms(variant, n, len),
+                n => cost(variant, n, len),
             };
-            let compute_ms = self.compute_ms(variant, pending + sentences, len) - before;
+            let compute_ms = cost(variant, pending + sentences, len) - before;
             Decision {
                 variant,
                 compute_ms,
@@ -262,7 +277,7 @@ impl Router {
                 model_ms: queued_ms + compute_ms,
             }
         };
-        let alone = |variant: usize| self.compute_ms(variant, sentences, max_len);
+        let alone = |variant: usize| cost(variant, sentences, max_len);
         let mut candidates: Vec<usize> = match &budget.variant {
             Some(name) => vec![self.index_of(name)?],
             None => (0..self.variants.len()).collect(),

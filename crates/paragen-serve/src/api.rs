@@ -287,8 +287,7 @@ async fn translate_inner(
         .filter(|t| !t.is_empty())
         .map(str::to_string)
         .collect();
-    let shared = state.shared.clone();
-    let (decision, receiver) = shared.admit(&budget, non_blank)?;
+    let (decision, receiver) = state.shared.admit(&budget, non_blank)?;
     let profile = &state.shared.variants[decision.variant].profile;
     state.shared.metrics.chose(&profile.name);
     let answer = match tokio::time::timeout(state.limits.timeout, receiver).await {

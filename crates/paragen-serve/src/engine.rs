@@ -13,7 +13,7 @@ use paragen_adaptive::{
     BatchPolicy, Batcher, Budget, Decision, RouteError, Router, VariantProfile,
 };
 use paragen_data::Tokenizer;
-use paragen_infer::{LoadedRun, translate_texts};
+use paragen_infer::{LoadedRun, TranslateError, translate_ids};
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
@@ -23,6 +23,9 @@ use crate::metrics::Metrics;
 pub struct VariantInfo {
     pub profile: VariantProfile,
     pub tokenizer: Tokenizer,
+    /// Whether its `tokenizer.json` is the first variant's, so that the token ids that
+    /// routed a request serve its decoding too.
+    pub shares_first_tokenizer: bool,
     /// Longest source, in tokens, the model accepts.
     pub max_source_tokens: usize,
     pub policy: BatchPolicy,
@@ -39,9 +42,8 @@ pub struct Answer {
 
 /// An admitted request waiting for its batch.
 pub struct Job {
-    texts: Vec<String>,
-    /// Tokens of its longest text.
-    longest: usize,
+    /// The texts' token ids in the variant's tokenizer.
+    sources: Vec<Vec<u32>>,
     admitted: Instant,
     predicted_compute_ms: f64,
     /// The router's prediction of its answer time, before lateness calibration.
@@ -146,16 +148,15 @@ impl Shared {
         budget: &Budget,
         texts: Vec<String>,
     ) -> Result<(Decision, oneshot::Receiver<Result<Answer, String>>), Refusal> {
-        // Lengths in the first variant's tokenizer route the request; the chosen
-        // variant's own tokenizer checks them (paragen's models share one in practice).
-        let lengths = |tokenizer: &Tokenizer| -> Vec<usize> {
-            texts
-                .iter()
-                .map(|t| tokenizer.encode(t).map_or(usize::MAX, |ids| ids.len()))
-                .collect()
+        // Token ids in the first variant's tokenizer route the request and, when the
+        // chosen variant shares it (paragen's models do in practice), are decoded; a
+        // text that does not encode counts as too long.
+        let encode = |tokenizer: &Tokenizer| -> Vec<Option<Vec<u32>>> {
+            texts.iter().map(|t| tokenizer.encode(t).ok()).collect()
         };
-        let routing = lengths(&self.variants[0].tokenizer);
-        let max_len = routing.iter().copied().max().unwrap_or(1);
+        let length = |ids: &Option<Vec<u32>>| ids.as_ref().map_or(usize::MAX, Vec::len);
+        let routing = encode(&self.variants[0].tokenizer);
+        let max_len = routing.iter().map(length).max().unwrap_or(1);
         let (reply, receiver) = oneshot::channel();
         let mut queue = self.lock();
         if queue.closed {
@@ -169,11 +170,15 @@ impl Shared {
             self.router
                 .choose(budget, texts.len(), max_len.min(1 << 16), ahead, &waiting)?;
         let variant = &self.variants[decision.variant];
-        let own = lengths(&variant.tokenizer);
-        if let Some((index, &tokens)) = own
+        let own = match variant.shares_first_tokenizer {
+            true => routing,
+            false => encode(&variant.tokenizer),
+        };
+        if let Some((index, tokens)) = own
             .iter()
+            .map(length)
             .enumerate()
-            .find(|&(_, &n)| n > variant.max_source_tokens)
+            .find(|&(_, n)| n > variant.max_source_tokens)
         {
             return Err(Refusal::TooLong {
                 index,
@@ -182,11 +187,12 @@ impl Shared {
                 variant: variant.profile.name.clone(),
             });
         }
-        let sentences = own.len();
-        let longest = own.into_iter().max().unwrap_or(1);
+        // Every text encoded: one that did not was refused as too long.
+        let sources: Vec<Vec<u32>> = own.into_iter().flatten().collect();
+        let sentences = sources.len();
+        let longest = sources.iter().map(Vec::len).max().unwrap_or(1);
         let job = Job {
-            texts,
-            longest,
+            sources,
             admitted: Instant::now(),
             predicted_compute_ms: decision.compute_ms,
             model_ms: decision.model_ms,
@@ -235,9 +241,9 @@ impl Shared {
         }
     }
 
-    fn finished(&self, jobs: &[Job]) {
+    fn finished<'a>(&self, jobs: impl Iterator<Item = &'a Job>) {
+        let done: f64 = jobs.map(|j| j.predicted_compute_ms).sum();
         let mut queue = self.lock();
-        let done: f64 = jobs.iter().map(|j| j.predicted_compute_ms).sum();
         queue.queued_ms = (queue.queued_ms - done).max(0.0);
         if queue.batcher.is_empty() {
             // Rounding never leaves phantom load on an idle server.
@@ -254,21 +260,15 @@ pub fn run_engine<B: Backend>(shared: &Shared, runs: &[LoadedRun<B>]) {
         // Requests whose client has gone (a timeout, a closed connection) are skipped.
         let (live, gone): (Vec<Job>, Vec<Job>) =
             jobs.into_iter().partition(|j| !j.reply.is_closed());
-        let texts: Vec<&str> = live
-            .iter()
-            .flat_map(|j| j.texts.iter().map(String::as_str))
-            .collect();
+        let sources: Vec<Vec<u32>> = live.iter().flat_map(|j| j.sources.clone()).collect();
         let run = &runs[variant];
-        let outcome = match texts.is_empty() {
+        let outcome = match sources.is_empty() {
             true => Ok(Vec::new()),
             false => std::panic::catch_unwind(AssertUnwindSafe(|| {
-                translate_texts(
-                    &run.translator(),
-                    &run.tokenizer,
-                    &texts,
-                    texts.len(),
-                    false,
-                )
+                translate_ids(&run.translator(), &sources, sources.len(), false)?
+                    .iter()
+                    .map(|ids| run.tokenizer.decode(ids).map_err(TranslateError::from))
+                    .collect::<Result<Vec<String>, TranslateError>>()
             }))
             .map_err(|panic| {
                 let what = panic
@@ -281,13 +281,13 @@ pub fn run_engine<B: Backend>(shared: &Shared, runs: &[LoadedRun<B>]) {
             .and_then(|r| r.map_err(|e| e.to_string())),
         };
         let compute_ms = started.elapsed().as_secs_f64() * 1000.0;
-        shared.metrics.batch(texts.len());
+        let batch_sentences = sources.len();
+        shared.metrics.batch(batch_sentences);
         if outcome.is_ok() && !live.is_empty() {
-            let longest = live.iter().map(|j| j.longest).max().unwrap_or(1);
-            let profiled = shared.router.profiled_ms(variant, texts.len(), longest);
+            let longest = sources.iter().map(Vec::len).max().unwrap_or(1);
+            let profiled = shared.router.profiled_ms(variant, batch_sentences, longest);
             shared.router.observe(variant, profiled, compute_ms);
         }
-        let batch_sentences = texts.len();
         let mut outputs = match outcome {
             Ok(outputs) => Ok(outputs.into_iter()),
             Err(e) => {
@@ -295,8 +295,7 @@ pub fn run_engine<B: Backend>(shared: &Shared, runs: &[LoadedRun<B>]) {
                 Err(e)
             }
         };
-        shared.finished(&live);
-        shared.finished(&gone);
+        shared.finished(live.iter().chain(&gone));
         for job in live {
             if outputs.is_ok() {
                 let measured = job.admitted.elapsed().as_secs_f64() * 1000.0;
@@ -304,7 +303,7 @@ pub fn run_engine<B: Backend>(shared: &Shared, runs: &[LoadedRun<B>]) {
             }
             let answer = match &mut outputs {
                 Ok(outputs) => Ok(Answer {
-                    translations: outputs.by_ref().take(job.texts.len()).collect(),
+                    translations: outputs.by_ref().take(job.sources.len()).collect(),
                     queue_ms: started.duration_since(job.admitted).as_secs_f64() * 1000.0,
                     compute_ms,
                     batch_sentences,

@@ -89,20 +89,6 @@ pub struct ServeOptions {
     pub stop: Arc<tokio::sync::Notify>,
 }
 
-/// The longest source `run`'s model accepts.
-fn max_source_tokens<B: Backend>(run: &LoadedRun<B>) -> usize {
-    let fits = |n: usize| run.model.check_source_lengths(&[n]).is_ok();
-    let (mut low, mut high) = (1usize, 1usize << 16);
-    if !fits(low) {
-        return 0;
-    }
-    while low < high {
-        let mid = (low + high).div_ceil(2);
-        if fits(mid) { low = mid } else { high = mid - 1 }
-    }
-    low
-}
-
 /// Loads and profiles the variants of `options.models` on `device`, then serves until
 /// stopped. Runs the engine on the calling thread; the HTTP side gets its own.
 pub fn serve<B: Backend>(options: ServeOptions, device: &B::Device) -> Result<(), ServeError> {
@@ -110,6 +96,7 @@ pub fn serve<B: Backend>(options: ServeOptions, device: &B::Device) -> Result<()
     let valid = PreparedData::new(&options.data).pairs(Split::Valid)?;
     let mut runs = Vec::new();
     let mut infos = Vec::new();
+    let mut first_tokenizer: Option<Vec<u8>> = None;
     for spec in &specs {
         let open_error = |source| ServeError::Open {
             run: spec.run.display().to_string(),
@@ -130,9 +117,12 @@ pub fn serve<B: Backend>(options: ServeOptions, device: &B::Device) -> Result<()
             source,
         })?;
         let policy = BatchPolicy::sized(profile.latency.efficient_batch(), 30, options.max_wait);
+        let tokenizer_file = std::fs::read(loaded.run.path("tokenizer.json"))?;
+        let first_tokenizer = first_tokenizer.get_or_insert_with(|| tokenizer_file.clone());
         infos.push(VariantInfo {
             tokenizer: loaded.tokenizer.clone(),
-            max_source_tokens: max_source_tokens(&loaded),
+            shares_first_tokenizer: *first_tokenizer == tokenizer_file,
+            max_source_tokens: loaded.model.config().max_positions,
             profile,
             policy,
         });

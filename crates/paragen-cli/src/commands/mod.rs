@@ -20,6 +20,11 @@ use paragen_backend::{DeviceSpec, run_on, set_cpu_threads};
 
 use crate::args::{Cli, Command};
 
+/// The CPU threads a command runs on: `--threads`, else one per core.
+fn threads_in_use(threads: Option<usize>) -> usize {
+    threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let spec = DeviceSpec::parse(&cli.global.backend, cli.global.device)?;
     if let Some(threads) = cli.global.threads {

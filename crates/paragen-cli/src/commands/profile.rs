@@ -24,9 +24,7 @@ impl BackendTask for Profile {
             runs: args.runs,
             roofline: args.roofline,
         };
-        let threads = self
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let threads = super::threads_in_use(self.threads);
         let report = profile(
             &loaded,
             args.data.as_deref(),

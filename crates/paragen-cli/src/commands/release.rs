@@ -73,8 +73,7 @@ impl BackendTask for Demo {
             "{} test sentences ({}), English to French, batch 64, {} CPU threads\n",
             test.len(),
             args.data.display(),
-            self.threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            super::threads_in_use(self.threads)
         )?;
         outln!(
             "{:<14} {:<10} {:<16} {:>7} {:>7} {:>9} {:>8}",

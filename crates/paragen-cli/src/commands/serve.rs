@@ -24,9 +24,7 @@ impl BackendTask for Serve {
         let args = self.args;
         let listener = std::net::TcpListener::bind(args.addr)
             .with_context(|| format!("cannot listen on {}", args.addr))?;
-        let threads = self
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let threads = super::threads_in_use(self.threads);
         let options = ServeOptions {
             models: args.models,
             variants: args.variants,
